@@ -1,0 +1,1 @@
+"""Latent diffusion for instruction-following image editing (InstructPix2Pix layout)."""
