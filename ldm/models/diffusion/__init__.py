@@ -1,0 +1,1 @@
+"""Diffusion models: the noise schedule, LatentDiffusion and its editing variant, samplers."""
