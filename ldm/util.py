@@ -8,12 +8,22 @@ reported as one `ConfigError` naming the config path and the class, so a typo su
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
+import logging
+import pickle
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# Config path of the object under construction, so nested configs and errors name full paths.
+_PARENT_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("config_path", default="")
 
 # Takes any arguments; original inference configs use it as the autoencoder's "no loss".
 _PASSTHROUGH_TARGETS = {"torch.nn.Identity"}
@@ -45,18 +55,38 @@ def _to_plain(config: Any) -> Any:
     return config
 
 
+def accepted_params(cls: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Keyword parameters `cls(...)` takes, and whether it takes any keyword at all.
+
+    A constructor that forwards `**kwargs` to its base class (as the editing LatentDiffusion
+    does) accepts the union of its own and its bases' named parameters, so strictness
+    survives subclassing.
+    """
+    named: dict[str, inspect.Parameter] = {}
+    classes = cls.__mro__ if inspect.isclass(cls) else (cls,)
+    for klass in classes:
+        init = klass.__init__ if inspect.isclass(klass) else klass
+        if inspect.isclass(klass) and "__init__" not in vars(klass):
+            continue
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):  # builtins without a signature: nothing to check
+            return named, True
+        for name, p in signature.parameters.items():
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                named.setdefault(name, p)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            named.pop("self", None)
+            return named, False
+        if klass is object:
+            break
+    named.pop("self", None)
+    return named, True
+
+
 def check_params(cls: Any, params: Mapping[str, Any], config_path: str) -> None:
     """Raise ConfigError if `params` names a keyword `cls` does not take or misses a required one."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check
-        return
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    named = {
-        name: p
-        for name, p in signature.parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
+    named, accepts_any = accepted_params(cls)
     qualname = f"{cls.__module__}.{cls.__qualname__}"
     if not accepts_any:
         unknown = [k for k in params if k not in named]
@@ -71,13 +101,25 @@ def check_params(cls: Any, params: Mapping[str, Any], config_path: str) -> None:
         raise ConfigError(f"{config_path}.params.{missing[0]}: required by {qualname} but not set")
 
 
+def config_path(name: str) -> str:
+    """Full config path of parameter `name` of the object being instantiated (for error messages).
+
+    Inside a constructor called by `instantiate_from_config(cfg, "model")`,
+    `config_path("unet_config")` is `"model.params.unet_config"`; outside, it is `name`.
+    """
+    parent = _PARENT_PATH.get()
+    return f"{parent}.params.{name}" if parent else name
+
+
 def instantiate_from_config(config: Any, path: str = "config", **extra: Any) -> Any:
     """Build `target(**params, **extra)` from a `target`/`params` mapping.
 
-    `path` is where this mapping sits in the user's YAML (for example
-    `model.params.unet_config`); errors name it. Nested configs are built by the
-    constructors themselves, which pass their own path down.
+    `path` names this mapping in the user's YAML: top-level callers pass where it sits
+    (`"model"`, `"data"`); constructors building nested configs pass their parameter name
+    (`"unet_config"`), which is resolved against the object being built, so errors name
+    the full path (`model.params.unet_config.params.num_heds`).
     """
+    path = config_path(path)
     config = _to_plain(config)
     if not isinstance(config, Mapping):
         raise ConfigError(f"{path}: expected a mapping with 'target' and 'params', got {type(config).__name__}")
@@ -94,14 +136,41 @@ def instantiate_from_config(config: Any, path: str = "config", **extra: Any) -> 
     params.update(extra)
     if target not in _PASSTHROUGH_TARGETS:
         check_params(cls, params, path)
+    token = _PARENT_PATH.set(path)
     try:
         return cls(**params)
     except ConfigError:
         raise
     except TypeError as err:
         raise ConfigError(f"{path}: {target} rejected its params ({err})") from err
+    finally:
+        _PARENT_PATH.reset(token)
 
 
 def count_params(model: Any) -> int:
     """Number of parameters of a torch module."""
     return sum(p.numel() for p in model.parameters())
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` holding `{"state_dict": ...}` or a bare state dict.
+
+    Pickled checkpoints are read with `weights_only=True`; some released SD checkpoints also
+    pickle Lightning callback objects, and only those files fall back to a full unpickle (with a
+    warning: load such files only from sources you trust).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (ckpt_path or --ckpt)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        log.warning("%s holds pickled objects besides tensors; loading it fully (%s)", path, err)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    return dict(checkpoint)

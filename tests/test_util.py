@@ -9,7 +9,7 @@ from ldm.util import ConfigError, instantiate_from_config
 class Toy:
     def __init__(self, width: int, depth: int = 2, child: dict | None = None):
         self.width, self.depth = width, depth
-        self.child = instantiate_from_config(child, "model.params.child") if child else None
+        self.child = instantiate_from_config(child, "child") if child else None
 
 
 def test_builds_from_omegaconf():
@@ -65,3 +65,16 @@ def test_identity_passthrough():
     import torch
 
     assert isinstance(instantiate_from_config({"target": "torch.nn.Identity"}), torch.nn.Identity)
+
+
+class ToyChild(Toy):
+    def __init__(self, *args, colour: str = "red", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.colour = colour
+
+
+def test_subclass_forwarding_kwargs_stays_strict():
+    built = instantiate_from_config({"target": "test_util.ToyChild", "params": {"width": 3, "colour": "blue"}})
+    assert (built.width, built.colour) == (3, "blue")
+    with pytest.raises(ConfigError, match=r"model\.params\.widht: test_util\.ToyChild has no parameter"):
+        instantiate_from_config({"target": "test_util.ToyChild", "params": {"widht": 3}}, "model")
