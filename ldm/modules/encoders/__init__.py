@@ -1,0 +1,1 @@
+"""Frozen text encoders that turn instructions into cross-attention context."""
