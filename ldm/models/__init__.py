@@ -1,0 +1,1 @@
+"""Lightning modules: the KL autoencoder and the diffusion models."""

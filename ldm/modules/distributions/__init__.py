@@ -1,0 +1,1 @@
+"""Probability distributions over latents (the KL autoencoder's posterior)."""
