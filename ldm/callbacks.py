@@ -1,0 +1,138 @@
+"""Lightning callbacks and plugins used by main.py: image grids, pre-emption checkpoints,
+RNG state in checkpoints (exact resume), and atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from PIL import Image
+from torchvision.utils import make_grid
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place.
+
+    A run killed mid-save (SIGKILL, node failure) leaves the previous checkpoint intact and
+    no truncated file under the final name.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RNGStateCallback(pl.Callback):
+    """Stores the Python, NumPy and torch (CPU and CUDA) RNG states in every checkpoint and
+    restores them on resume, so noise, timesteps and dropout after a resume are those an
+    uninterrupted run would have drawn."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        random.setstate(state_dict["python"])
+        np.random.set_state(state_dict["numpy"])
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class SignalCheckpoint(pl.Callback):
+    """On SIGUSR1 (sent by clusters before pre-emption) save `last.ckpt` after the current step and go on.
+
+    The signal may reach any one rank; the flag is OR-reduced across ranks each step so
+    every rank takes part in the save (rank 0 writes).
+    """
+
+    def __init__(self, ckpt_path: str | Path) -> None:
+        self.ckpt_path = Path(ckpt_path)
+        self._requested = False
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self._requested = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if hasattr(signal, "SIGUSR1"):
+            previous = signal.getsignal(signal.SIGUSR1)
+
+            def handler(signum: int, frame: Any) -> None:
+                self._request(signum, frame)
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(signal.SIGUSR1, handler)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.strategy.reduce_boolean_decision(self._requested, all=False):
+            self._requested = False
+            if trainer.is_global_zero:
+                log.warning("SIGUSR1: saving %s at step %d", self.ckpt_path, trainer.global_step)
+            trainer.save_checkpoint(self.ckpt_path)
+
+
+def to_uint8_grid(columns: list[torch.Tensor]) -> np.ndarray:
+    """Images (N, 3, H, W) in [-1, 1] per column -> one (N*H, C*W, 3) uint8 grid, one row per item."""
+    n = columns[0].shape[0]
+    tiles = torch.stack(columns, dim=1).reshape(n * len(columns), *columns[0].shape[1:])  # row-major
+    grid = make_grid(tiles.float().cpu().clamp(-1, 1), nrow=len(columns), padding=2, pad_value=1.0)
+    return ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class ImageLogger(pl.Callback):
+    """Every `batch_frequency` optimizer steps, rank 0 writes a PNG grid of
+    `pl_module.log_images(batch)` (columns input | target | sample, one row per item) to
+    `<default_root_dir>/images/train/step-XXXXXX.png`, and to the logger when it accepts images."""
+
+    def __init__(self, batch_frequency: int = 2000, max_images: int = 4, log_first_step: bool = False) -> None:
+        if batch_frequency < 1:
+            raise ValueError(f"batch_frequency must be >= 1, got {batch_frequency}")
+        self.batch_frequency = batch_frequency
+        self.max_images = max_images
+        self.log_first_step = log_first_step
+        self._last_logged = -1
+
+    def _due(self, step: int) -> bool:
+        if step == self._last_logged:
+            return False
+        return step % self.batch_frequency == 0 and (step > 0 or self.log_first_step)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or not self._due(step) or not hasattr(pl_module, "log_images"):
+            return
+        self._last_logged = step
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.random.fork_rng(devices=[]):
+            images = pl_module.log_images(batch, n=self.max_images)
+        pl_module.train(was_training)
+        grid = to_uint8_grid(list(images.values()))
+        out_dir = Path(trainer.default_root_dir) / "images" / "train"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"step-{step:06d}.png"
+        Image.fromarray(grid).save(path)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("train/" + "|".join(images), grid, step, dataformats="HWC")

@@ -1,0 +1,260 @@
+"""LatentDiffusion: a UNet denoising VAE latents, conditioned on text, as a LightningModule.
+
+The module owns four sub-modules whose attribute names are the SD 1.x checkpoint format:
+`model.diffusion_model` (UNet), `first_stage_model` (frozen KL autoencoder),
+`cond_stage_model` (frozen text encoder) and `model_ema` (EMA of the UNet). Concerns live
+in small modules it delegates to: `schedule` (noise schedule buffers), `losses`
+(the training objective), `loading` (checkpoint initialisation), `ldm.modules.ema` (EMA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ldm.models.diffusion.loading import init_from_ckpt
+from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss
+from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule
+from ldm.modules.ema import LitEma
+from ldm.util import ConfigError, config_path, instantiate_from_config
+
+Cond = dict[str, list[torch.Tensor]]
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the UNet as `diffusion_model` and routes the conditioning into it.
+
+    `conditioning_key`: "crossattn" (text context), "concat" (channels appended to the
+    noisy latent) or "hybrid" (both; the editing model's image latent + instruction).
+    """
+
+    def __init__(self, unet_config: Mapping[str, Any], conditioning_key: str | None) -> None:
+        super().__init__()
+        if conditioning_key not in (None, "crossattn", "concat", "hybrid"):
+            raise ConfigError(
+                f"{config_path('conditioning_key')}: {conditioning_key!r} is not one of crossattn, concat, hybrid"
+            )
+        self.diffusion_model = instantiate_from_config(unet_config, "unet_config")
+        self.conditioning_key = conditioning_key
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: Sequence[torch.Tensor] | None = None,
+        c_crossattn: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # x (B, C, h, w); c_concat tensors (B, C', h, w); c_crossattn tensors (B, T, D)
+        if c_concat:
+            x = torch.cat([x, *c_concat], dim=1)
+        context = torch.cat(list(c_crossattn), dim=1) if c_crossattn else None
+        return self.diffusion_model(x, t, context=context)
+
+
+class LatentDiffusion(pl.LightningModule):
+    """Text-to-image latent diffusion with the parameter names of the CompVis configs.
+
+    `scale_factor` multiplies latents sampled from the autoencoder (SD 1.x: 0.18215).
+    `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
+    loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
+    weights become both the model and its EMA). `num_timesteps_cond` and `log_every_t` are
+    accepted for config compatibility: only 1 is supported for the former, and the latter
+    sets how often `log_images` records intermediate steps.
+    """
+
+    def __init__(
+        self,
+        unet_config: Mapping[str, Any],
+        first_stage_config: Mapping[str, Any],
+        cond_stage_config: Mapping[str, Any],
+        timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+        num_timesteps_cond: int = 1,
+        log_every_t: int = 100,
+        first_stage_key: str = "image",
+        cond_stage_key: str = "txt",
+        image_size: int = 64,
+        channels: int = 4,
+        cond_stage_trainable: bool = False,
+        conditioning_key: str | None = "crossattn",
+        parameterization: str = "eps",
+        loss_type: str = "l2",
+        monitor: str | None = None,
+        scale_factor: float = 1.0,
+        use_ema: bool = True,
+        ema_decay: float = 0.9999,
+        load_ema: bool = True,
+        ckpt_path: str | None = None,
+        ignore_keys: Sequence[str] = (),
+        scheduler_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_timesteps_cond != 1:
+            raise ConfigError(f"{config_path('num_timesteps_cond')}: only 1 is supported")
+        if parameterization not in ("eps", "v"):
+            raise ConfigError(f"{config_path('parameterization')}: {parameterization!r} is not 'eps' or 'v'")
+        if loss_type not in LOSS_TYPES:
+            raise ConfigError(f"{config_path('loss_type')}: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        self.num_timesteps = timesteps
+        self.log_every_t = log_every_t
+        self.first_stage_key, self.cond_stage_key = first_stage_key, cond_stage_key
+        self.image_size, self.channels = image_size, channels
+        self.parameterization, self.loss_type = parameterization, loss_type
+        self.monitor = monitor
+        self.scale_factor = scale_factor
+        self.scheduler_config = scheduler_config
+        self.cond_stage_trainable = cond_stage_trainable
+        self.learning_rate = 1e-4  # main.py sets base_learning_rate (optionally scaled) here
+
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        register_schedule(self, make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s))
+        self.first_stage_model = self._frozen(instantiate_from_config(first_stage_config, "first_stage_config"))
+        cond_stage = instantiate_from_config(cond_stage_config, "cond_stage_config")
+        self.cond_stage_model = cond_stage if cond_stage_trainable else self._frozen(cond_stage)
+
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        if use_ema and load_ema:
+            self.model_ema = LitEma(self.model, decay=ema_decay)
+        if ckpt_path is not None:
+            init_from_ckpt(self, ckpt_path, ignore_keys=ignore_keys, load_ema=use_ema and load_ema)
+        if use_ema and not load_ema:
+            self.model_ema = LitEma(self.model, decay=ema_decay)
+
+    @staticmethod
+    def _frozen(module: nn.Module) -> nn.Module:
+        module.eval()
+        module.requires_grad_(False)
+        return module
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        """Frozen stages stay in eval mode whatever Lightning asks."""
+        super().train(mode)
+        self.first_stage_model.eval()
+        if not self.cond_stage_trainable:
+            self.cond_stage_model.eval()
+        return self
+
+    # ---- encoders -------------------------------------------------------------------------------
+    def get_learned_conditioning(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text context (B, T, D)."""
+        return self.cond_stage_model.encode(list(texts))
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor):
+        """Image (B, 3, H, W) in [-1, 1] -> posterior over latents (B, 4, H/8, W/8) for SD."""
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, posterior) -> torch.Tensor:
+        """Diffusion-space latent: a posterior sample times `scale_factor`."""
+        return self.scale_factor * posterior.sample()
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion-space latent (B, 4, h, w) -> image (B, 3, 8h, 8w) in about [-1, 1]."""
+        return self.first_stage_model.decode(z / self.scale_factor)
+
+    def get_input(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Cond]:
+        """Batch -> (target latent (B, C, h, w), conditioning dict)."""
+        image = batch[self.first_stage_key].to(memory_format=torch.contiguous_format).float()
+        z = self.get_first_stage_encoding(self.encode_first_stage(image))
+        c = self.get_learned_conditioning(batch[self.cond_stage_key])
+        return z, {"c_crossattn": [c]}
+
+    # ---- diffusion ------------------------------------------------------------------------------
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """UNet output for noisy latents (B, C, h, w) at integer timesteps t (B,)."""
+        return self.model(x_noisy, t, **cond)
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process: sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+        )
+
+    def target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the UNet regresses: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho, 2022)."""
+        if self.parameterization == "eps":
+            return noise
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * noise
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * x_start
+        )
+
+    def p_losses(
+        self, x_start: torch.Tensor, cond: Cond, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Simple diffusion loss: mean over the batch of the per-sample loss between UNet output and target."""
+        noise = torch.randn_like(x_start) if noise is None else noise
+        output = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
+        return diffusion_loss(output, self.target(x_start, t, noise), self.loss_type).mean()
+
+    def shared_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        z, cond = self.get_input(batch)
+        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=self.device)
+        return self.p_losses(z, cond, t)
+
+    # ---- Lightning hooks ------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.shared_step(batch)
+        batch_size = len(batch[self.first_stage_key])
+        self.log("train/loss_simple", loss, prog_bar=True, batch_size=batch_size)
+        self.log("lr_abs", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA after every optimizer step (not every micro-batch under gradient accumulation),
+        # and before callbacks such as checkpointing see the step.
+        super().optimizer_step(*args, **kwargs)
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # Validation draws its noise and timesteps from its own seeded RNG: the numbers are
+        # comparable across evaluations, and the training RNG stream is left untouched.
+        batch_size = len(batch[self.first_stage_key])
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(batch_idx)
+            self.log("val/loss_simple", self.shared_step(batch), sync_dist=True, batch_size=batch_size)
+            if self.use_ema:
+                torch.manual_seed(batch_idx)  # same noise and timesteps for the EMA weights
+                with self.ema_scope():
+                    self.log("val/loss_simple_ema", self.shared_step(batch), sync_dist=True, batch_size=batch_size)
+
+    @contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        """Run the body with the EMA weights in the UNet, then put the trained weights back."""
+        if not self.use_ema:
+            yield
+            return
+        self.model_ema.store(self.model.parameters())
+        self.model_ema.copy_to(self.model)
+        try:
+            yield
+        finally:
+            self.model_ema.restore(self.model.parameters())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.model.parameters())
+        if self.cond_stage_trainable:
+            params += list(self.cond_stage_model.parameters())
+        return params
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+        if self.scheduler_config is None:
+            return optimizer
+        multiplier = instantiate_from_config(self.scheduler_config, "scheduler_config")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

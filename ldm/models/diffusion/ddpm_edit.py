@@ -1,0 +1,124 @@
+"""The instruction-editing LatentDiffusion (InstructPix2Pix).
+
+Batches are `{"edited": (B, 3, H, W), "edit": {"c_concat": (B, 3, H, W), "c_crossattn": [str]}}`
+with images in [-1, 1]. The target latent is a posterior sample times `scale_factor`; the
+input-image latent is the posterior mode, NOT scaled (the released checkpoints were trained
+so), concatenated to the noisy latent: the UNet sees 8 channels. The instruction is the
+cross-attention context.
+
+Conditioning dropout (training only) teaches the unconditional branches that three-way
+classifier-free guidance needs. With u ~ U(0, 1) per sample:
+text only is dropped for u < p_text, both for p_text <= u < p_text + p_both, and the image
+only for the next p_image; the original rates are 5% each. Dropped text is the embedding
+of the empty prompt, a dropped image is zeros in latent space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ldm.models.diffusion import ddpm
+from ldm.models.diffusion.sampling import CFGDenoiser, denoiser, get_sigmas, sample
+from ldm.util import ConfigError, config_path
+
+Cond = ddpm.Cond
+
+
+class LatentDiffusion(ddpm.LatentDiffusion):
+    """Editing model; takes every parameter of `ddpm.LatentDiffusion` plus the dropout rates."""
+
+    def __init__(
+        self,
+        *args: Any,
+        first_stage_key: str = "edited",
+        cond_stage_key: str = "edit",
+        conditioning_key: str = "hybrid",
+        cond_drop_text: float = 0.05,
+        cond_drop_both: float = 0.05,
+        cond_drop_image: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        if min(cond_drop_text, cond_drop_both, cond_drop_image) < 0 or (
+            cond_drop_text + cond_drop_both + cond_drop_image > 1
+        ):
+            raise ConfigError(f"{config_path('cond_drop_text')}: cond_drop_* rates must be >= 0 and sum to at most 1")
+        super().__init__(
+            *args,
+            first_stage_key=first_stage_key,
+            cond_stage_key=cond_stage_key,
+            conditioning_key=conditioning_key,
+            **kwargs,
+        )
+        self.cond_drop = (cond_drop_text, cond_drop_both, cond_drop_image)
+
+    def dropout_masks(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(drop_text (B,), drop_image (B,)) boolean masks from one uniform draw per sample."""
+        p_text, p_both, p_image = self.cond_drop
+        u = torch.rand(batch_size, device=self.device)
+        drop_text = u < p_text + p_both
+        drop_image = (u >= p_text) & (u < p_text + p_both + p_image)
+        return drop_text, drop_image
+
+    def encode_edit_conditioning(self, images: torch.Tensor, texts: list[str]) -> Cond:
+        """Input image (B, 3, H, W) and instructions -> {"c_concat": [mode latent], "c_crossattn": [text]}."""
+        image_latent = self.encode_first_stage(images.to(self.device).float()).mode()
+        return {"c_concat": [image_latent], "c_crossattn": [self.get_learned_conditioning(texts)]}
+
+    def unconditional(self, cond: Cond) -> Cond:
+        """The "no text, no image" conditioning matching `cond`'s batch size."""
+        image = cond["c_concat"][0]
+        text = self.cond_stage_model.empty_embedding().to(image.dtype)
+        return {"c_concat": [torch.zeros_like(image)], "c_crossattn": [text.expand(image.shape[0], -1, -1)]}
+
+    def get_input(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Cond]:
+        edited = batch[self.first_stage_key].to(memory_format=torch.contiguous_format).float()
+        z = self.get_first_stage_encoding(self.encode_first_stage(edited))
+        edit = batch[self.cond_stage_key]
+        cond = self.encode_edit_conditioning(edit["c_concat"], list(edit["c_crossattn"]))
+        if self.training:
+            drop_text, drop_image = self.dropout_masks(z.shape[0])
+            empty = self.cond_stage_model.empty_embedding().to(cond["c_crossattn"][0].dtype)
+            cond["c_crossattn"] = [torch.where(drop_text[:, None, None], empty, cond["c_crossattn"][0])]
+            cond["c_concat"] = [cond["c_concat"][0] * (~drop_image).to(z.dtype)[:, None, None, None]]
+        return z, cond
+
+    @torch.no_grad()
+    def log_images(
+        self,
+        batch: Mapping[str, Any],
+        n: int = 4,
+        steps: int = 20,
+        text_cfg_scale: float = 7.5,
+        image_cfg_scale: float = 1.5,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Input, target and an EMA sample (Euler, deterministic) for the first n items, each (n, 3, H, W)."""
+        edit = batch[self.cond_stage_key]
+        inputs = edit["c_concat"][:n].to(self.device).float()
+        cond = self.encode_edit_conditioning(inputs, list(edit["c_crossattn"][:n]))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        latent = cond["c_concat"][0]
+        with self.ema_scope():
+            wrapped = denoiser(self)
+            sigmas = get_sigmas(wrapped, steps)
+            noise = torch.randn(latent.shape, generator=generator, device=self.device, dtype=latent.dtype)
+            z = sample(
+                CFGDenoiser(wrapped),
+                noise * sigmas[0],
+                sigmas,
+                sampler="euler",
+                extra_args={
+                    "cond": cond,
+                    "uncond": self.unconditional(cond),
+                    "text_cfg_scale": text_cfg_scale,
+                    "image_cfg_scale": image_cfg_scale,
+                },
+            )
+        return {
+            "input": inputs,
+            "target": batch[self.first_stage_key][:n].to(self.device).float(),
+            "sample": self.decode_first_stage(z).clamp(-1, 1),
+        }

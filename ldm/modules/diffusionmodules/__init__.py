@@ -1,0 +1,1 @@
+"""The diffusion UNet (`openaimodel`) and its small helpers (`util`)."""

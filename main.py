@@ -1,0 +1,276 @@
+"""Train an (editing) latent diffusion model with PyTorch Lightning.
+
+    python main.py --base configs/train.yaml --train --gpus 0,1,2,3 --name my_run
+    python main.py --base configs/train.yaml --train --resume logs/my_run
+    python main.py --base a.yaml b.yaml --train model.params.base_learning_rate=5e-5
+
+Configs are merged in order, then dotted overrides from the command line. A run lives in
+`<logdir>/<name>/` (configs/, checkpoints/, images/, logger files). Re-running with the
+same `--name` resumes from its `last.ckpt`. A checkpoint without training-loop state (a
+released SD / InstructPix2Pix checkpoint) given to `--resume` initialises the weights and
+starts a new run instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Child processes of multi-device runs re-execute this script; they read the run
+# directory and resume decision of rank 0 from these variables.
+RUN_DIR_ENV = "SKETCH_P2P_RUN_DIR"
+RESUME_ENV = "SKETCH_P2P_RESUME_CKPT"
+
+log = logging.getLogger("main")
+
+
+class UserError(Exception):
+    """A mistake in the command line, config or files: reported in one line, no traceback."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml", help="configs merged in order")
+    p.add_argument("-t", "--train", action="store_true", help="train (otherwise validate once)")
+    p.add_argument("-n", "--name", default="", help="run name; the run directory is <logdir>/<name>")
+    p.add_argument("-r", "--resume", default="", help="a run directory or a checkpoint to resume from")
+    p.add_argument("-s", "--seed", type=int, default=23, help="global seed")
+    p.add_argument("-l", "--logdir", default="logs", help="parent directory of run directories")
+    p.add_argument("--scale_lr", action="store_true",
+                   help="learning rate = base_learning_rate * accumulate * devices * nodes * batch size")
+    p.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (sets --accelerator gpu --devices)")
+    p.add_argument("--accelerator", default=None, help="cpu, gpu, mps or auto")
+    p.add_argument("--devices", default=None, help="device count or comma-separated ids")
+    p.add_argument("--num_nodes", type=int, default=None, help="number of nodes (SLURM or torchrun)")
+    p.add_argument("--strategy", default=None, help="ddp (default for several devices), fsdp, or any Lightning name")
+    p.add_argument("--precision", default=None, help="32, bf16-mixed or 16-mixed")
+    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--checkpoint_every", type=int, default=None, help="save a checkpoint every N steps")
+    p.add_argument("--logger", choices=["tensorboard", "csv", "wandb"], default=None,
+                   help="default: tensorboard when installed, else csv")
+    return p
+
+
+def load_configs(bases: list[str], overrides: list[str]) -> DictConfig:
+    """Merge YAML files in order, then `a.b.c=value` overrides."""
+    configs = []
+    for base in bases:
+        if not Path(base).is_file():
+            raise UserError(f"config file {base} does not exist")
+        try:
+            configs.append(OmegaConf.load(base))
+        except (OmegaConfBaseException, ValueError) as err:
+            raise UserError(f"config file {base} is not valid YAML ({err})") from err
+    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        raise UserError(f"unrecognised argument {bad[0]!r}; overrides look like model.params.key=value")
+    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
+
+
+def has_loop_state(ckpt: Path) -> bool:
+    """True for Lightning training checkpoints, False for released weight-only checkpoints."""
+    import torch
+
+    if ckpt.suffix == ".safetensors":
+        return False
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    return isinstance(state, dict) and "loops" in state and "optimizer_states" in state
+
+
+def resolve_run(opt: argparse.Namespace) -> tuple[Path, Path | None, list[str], Path | None]:
+    """(run dir, checkpoint to resume, saved configs to merge first, weights to initialise from)."""
+    if os.environ.get(RUN_DIR_ENV):
+        resume = os.environ.get(RESUME_ENV) or None
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        return run_dir, Path(resume) if resume else None, saved_configs(run_dir) if resume else [], None
+    if opt.resume:
+        target = Path(opt.resume)
+        if not target.exists():
+            raise UserError(f"--resume {target} does not exist; give a run directory or a .ckpt file")
+        if target.is_dir():
+            ckpt = target / "checkpoints" / "last.ckpt"
+            if not ckpt.is_file():
+                raise UserError(f"--resume {target} has no checkpoints/last.ckpt to resume from")
+            return target, ckpt, saved_configs(target), None
+        if not has_loop_state(target):
+            log.warning("%s holds weights but no training state: starting a new run initialised from it", target)
+            return new_run_dir(opt), None, [], target
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return run_dir, target, saved_configs(run_dir), None
+    run_dir = new_run_dir(opt)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.warning("resuming %s from %s", run_dir, last)
+        return run_dir, last, saved_configs(run_dir), None
+    return run_dir, None, [], None
+
+
+def new_run_dir(opt: argparse.Namespace) -> Path:
+    if opt.name:
+        return Path(opt.logdir) / opt.name
+    stem = Path(opt.base[-1]).stem if opt.base else "run"
+    return Path(opt.logdir) / f"{datetime.datetime.now():%Y-%m-%dT%H-%M-%S}_{stem}"
+
+
+def saved_configs(run_dir: Path) -> list[str]:
+    """The latest merged config a run saved (merged before the command line's configs)."""
+    found = sorted((run_dir / "configs").glob("*-project.yaml"))
+    return [str(found[-1])] if found else []
+
+
+def trainer_kwargs(opt: argparse.Namespace, config: DictConfig) -> dict[str, Any]:
+    """Lightning Trainer arguments: `lightning.trainer` from the config, then command-line flags."""
+    kwargs: dict[str, Any] = OmegaConf.to_container(config.get("lightning", {}).get("trainer", {}), resolve=True)
+    if opt.gpus is not None:
+        ids = [int(g) for g in str(opt.gpus).split(",") if g.strip()]
+        if not ids:
+            raise UserError(f"--gpus {opt.gpus!r} names no GPU; use e.g. --gpus 0,1")
+        kwargs.update(accelerator="gpu", devices=ids)
+    if opt.devices is not None:
+        devices = str(opt.devices)
+        kwargs["devices"] = [int(d) for d in devices.split(",") if d] if "," in devices else (
+            int(devices) if devices.isdigit() else devices)
+    for name in ("accelerator", "num_nodes", "strategy", "precision", "max_steps"):
+        if getattr(opt, name) is not None:
+            kwargs[name] = getattr(opt, name)
+    if "strategy" not in kwargs and world_size(kwargs) > 1:
+        kwargs["strategy"] = "ddp"
+    return kwargs
+
+
+def world_size(kwargs: dict[str, Any]) -> int:
+    """Processes the trainer arguments ask for (devices x nodes; 1 for "auto")."""
+    devices = kwargs.get("devices", 1)
+    n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else 1
+    return max(n, 1) * kwargs.get("num_nodes", 1)
+
+
+def build_model(config: DictConfig, init_ckpt: Path | None) -> Any:
+    from ldm.util import instantiate_from_config
+
+    if "model" not in config:
+        raise UserError("the config has no 'model' section")
+    model_cfg = OmegaConf.to_container(config.model, resolve=True)
+    base_lr = model_cfg.pop("base_learning_rate", 1.0e-4)
+    if init_ckpt is not None:
+        model_cfg.setdefault("params", {})["ckpt_path"] = str(init_ckpt)
+    model = instantiate_from_config(model_cfg, "model")
+    model.base_learning_rate = float(base_lr)
+    return model
+
+
+def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
+    import pytorch_lightning as pl
+
+    from ldm.callbacks import RNGStateCallback, SignalCheckpoint
+    from ldm.util import instantiate_from_config
+
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step-{step:06d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every,
+            save_top_k=-1,
+            save_last=True,
+        ),
+        pl.callbacks.LearningRateMonitor(logging_interval="step"),
+        RNGStateCallback(),
+        SignalCheckpoint(ckpt_dir / "last.ckpt"),
+    ]
+    for name, cfg in (config.get("lightning", {}).get("callbacks") or {}).items():
+        callbacks.append(instantiate_from_config(cfg, f"lightning.callbacks.{name}"))
+    return callbacks
+
+
+def build_logger(choice: str | None, run_dir: Path, name: str) -> Any:
+    from pytorch_lightning import loggers
+
+    if choice is None:
+        try:
+            import tensorboard  # noqa: F401
+
+            choice = "tensorboard"
+        except ImportError:
+            choice = "csv"
+    if choice == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
+    if choice == "wandb":
+        return loggers.WandbLogger(save_dir=run_dir, name=name, project="sketch-pix2pix")
+    return loggers.CSVLogger(save_dir=run_dir, name="", version="csv")
+
+
+def run(opt: argparse.Namespace, overrides: list[str]) -> None:
+    import pytorch_lightning as pl
+
+    from ldm.callbacks import AtomicCheckpointIO
+    from ldm.util import check_params, instantiate_from_config
+
+    run_dir, resume_ckpt, saved, init_ckpt = resolve_run(opt)
+    config = load_configs(saved + list(opt.base), overrides)
+    if not opt.base and not saved:
+        raise UserError("no config given; pass --base configs/<file>.yaml")
+    pl.seed_everything(opt.seed, workers=True)
+
+    trainer_cfg = trainer_kwargs(opt, config)
+    check_params(pl.Trainer, trainer_cfg, "lightning.trainer")
+    if "data" not in config:
+        raise UserError("the config has no 'data' section")
+    data = instantiate_from_config(config.data, "data")
+    model = build_model(config, init_ckpt)
+    lr = model.base_learning_rate
+    if opt.scale_lr:
+        accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+        factor = accumulate * world_size(trainer_cfg) * config.data.params.batch_size
+        lr *= factor
+        log.warning("learning rate %.3g = %d (accumulate x devices x batch) x base %.3g", lr, factor, lr / factor)
+    model.learning_rate = lr
+
+    every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
+    trainer_cfg.setdefault("max_steps", -1)
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=build_logger(opt.logger, run_dir, run_dir.name),
+        callbacks=build_callbacks(config, run_dir, every),
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)
+        **trainer_cfg,
+    )
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    os.environ[RESUME_ENV] = str(resume_ckpt or "")
+    if trainer.is_global_zero:
+        (run_dir / "configs").mkdir(parents=True, exist_ok=True)
+        stamp = f"{datetime.datetime.now():%Y-%m-%dT%H-%M-%S}"
+        OmegaConf.save(config, run_dir / "configs" / f"{stamp}-project.yaml")
+    if opt.train:
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    else:
+        trainer.validate(model, datamodule=data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    opt, overrides = get_parser().parse_known_args(argv)
+    sys.path.insert(0, os.getcwd())
+    from ldm.models.diffusion.loading import CheckpointMismatchError
+    from ldm.util import ConfigError
+
+    try:
+        run(opt, overrides)
+    except (UserError, ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
+        print(f"main.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

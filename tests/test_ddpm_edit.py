@@ -1,0 +1,150 @@
+"""The editing LatentDiffusion: conditioning, dropout rates, initialisation from SD-layout checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import TINY_CONFIG
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from ldm.models.diffusion.loading import CheckpointMismatchError
+from ldm.util import ConfigError, instantiate_from_config
+
+
+def model_config(**params) -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG).model, resolve=True)
+    cfg.pop("base_learning_rate")
+    cfg["params"].update(params)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return instantiate_from_config(model_config(), "model")
+
+
+def batch(n: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "edited": torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,
+        "edit": {"c_concat": torch.rand(n, 3, 32, 32, generator=g) * 2 - 1, "c_crossattn": ["make it red"] * n},
+    }
+
+
+def test_conditioning_latents(model):
+    model.eval()
+    b = batch()
+    z, cond = model.get_input(b)
+    posterior = model.first_stage_model.encode(b["edit"]["c_concat"])
+    # input-image latent: posterior mode, not scaled; target latent: a scaled sample
+    torch.testing.assert_close(cond["c_concat"][0], posterior.mode())
+    assert z.shape == cond["c_concat"][0].shape == (2, 4, 8, 8)
+    assert cond["c_crossattn"][0].shape == (2, 77, 32)
+    x = torch.cat([z, cond["c_concat"][0]], dim=1)
+    assert model.model.diffusion_model.input_blocks[0][0].in_channels == x.shape[1] == 8
+
+
+def test_dropout_rates_over_20000_draws(model):
+    torch.manual_seed(0)
+    drop_text, drop_image = model.dropout_masks(20_000)
+    rates = {
+        "text only": (drop_text & ~drop_image).float().mean().item(),
+        "both": (drop_text & drop_image).float().mean().item(),
+        "image only": (~drop_text & drop_image).float().mean().item(),
+    }
+    for name, rate in rates.items():
+        assert abs(rate - 0.05) < 0.01, (name, rate)
+
+
+def test_dropout_applies_empty_text_and_zero_image(model):
+    model.train()
+    model.cond_drop = (0.0, 1.0, 0.0)  # drop both for every sample
+    try:
+        _, cond = model.get_input(batch())
+    finally:
+        model.cond_drop = (0.05, 0.05, 0.05)
+        model.eval()
+    assert torch.count_nonzero(cond["c_concat"][0]) == 0
+    torch.testing.assert_close(cond["c_crossattn"][0], model.cond_stage_model.empty_embedding().expand(2, -1, -1))
+
+
+def test_bad_dropout_rates_name_the_key():
+    with pytest.raises(ConfigError, match=r"model\.params\.cond_drop_text"):
+        instantiate_from_config(model_config(cond_drop_text=0.9, cond_drop_both=0.2), "model")
+
+
+def sd_layout_checkpoint(edit_model, with_ema: bool) -> dict:
+    """A 4-channel text-to-image state dict in SD key layout, made from the editing model's own keys."""
+    state = copy.deepcopy(edit_model.state_dict())
+    for key in ("model.diffusion_model.input_blocks.0.0.weight", "model_ema.diffusion_modelinput_blocks00weight"):
+        state[key] = torch.randn(state[key].shape[0], 4, *state[key].shape[2:])
+    if not with_ema:
+        state = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+    state = {k: v + 0.5 if v.is_floating_point() and k.startswith("model") else v for k, v in state.items()}
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_init_from_4_channel_checkpoint_with_ema(model, tmp_path, suffix):
+    state = sd_layout_checkpoint(model, with_ema=True)
+    path = tmp_path / f"sd{suffix}"
+    if suffix == ".ckpt":
+        torch.save({"state_dict": state, "global_step": 470000}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    edit = instantiate_from_config(model_config(ckpt_path=str(path), load_ema=True), "model")
+    for key in ("model.diffusion_model.input_blocks.0.0.weight", "model_ema.diffusion_modelinput_blocks00weight"):
+        loaded = edit.state_dict()[key]
+        assert loaded.shape[1] == 8
+        torch.testing.assert_close(loaded[:, :4], state[key])
+        assert torch.count_nonzero(loaded[:, 4:]) == 0
+    torch.testing.assert_close(
+        edit.state_dict()["model.diffusion_model.out.2.weight"], state["model.diffusion_model.out.2.weight"]
+    )
+
+
+def test_init_from_emaonly_checkpoint_builds_ema_after_loading(model, tmp_path):
+    state = sd_layout_checkpoint(model, with_ema=False)
+    path = tmp_path / "emaonly.ckpt"
+    torch.save(state, path)  # a bare state dict
+    edit = instantiate_from_config(model_config(ckpt_path=str(path), load_ema=False), "model")
+    sd = edit.state_dict()
+    torch.testing.assert_close(sd["model_ema.diffusion_modelinput_blocks00weight"],
+                               sd["model.diffusion_model.input_blocks.0.0.weight"])  # fmt: skip
+    assert torch.count_nonzero(sd["model_ema.diffusion_modelinput_blocks00weight"][:, 4:]) == 0
+
+    with pytest.raises(CheckpointMismatchError, match="no EMA weights.*model.params.load_ema"):
+        instantiate_from_config(model_config(ckpt_path=str(path), load_ema=True), "model")
+
+
+def test_unexpected_and_missing_keys_fail_with_names(model, tmp_path):
+    state = sd_layout_checkpoint(model, with_ema=False)
+    state["model.diffusion_model.extra.weight"] = torch.zeros(1)
+    del state["first_stage_model.decoder.conv_out.bias"]
+    path = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        instantiate_from_config(model_config(ckpt_path=str(path), load_ema=False), "model")
+    message = str(info.value)
+    assert "model.diffusion_model.extra.weight" in message and "first_stage_model.decoder.conv_out.bias" in message
+    # ignore_keys skips what the user names
+    ok = instantiate_from_config(
+        model_config(ckpt_path=str(path), load_ema=False,
+                     ignore_keys=["model.diffusion_model.extra", "first_stage_model.decoder.conv_out"]),
+        "model",
+    )  # fmt: skip
+    assert ok is not None
+
+
+def test_log_images_shapes_and_determinism(model):
+    model.eval()
+    a = model.log_images(batch(), n=2, steps=2)
+    b = model.log_images(batch(), n=2, steps=2)
+    assert set(a) == {"input", "target", "sample"}
+    assert a["sample"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(a["sample"], b["sample"], rtol=0, atol=0)
