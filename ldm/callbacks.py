@@ -101,14 +101,22 @@ def to_uint8_grid(columns: list[torch.Tensor]) -> np.ndarray:
 class ImageLogger(pl.Callback):
     """Every `batch_frequency` optimizer steps, rank 0 writes a PNG grid of
     `pl_module.log_images(batch)` (columns input | target | sample, one row per item) to
-    `<default_root_dir>/images/train/step-XXXXXX.png`, and to the logger when it accepts images."""
+    `<default_root_dir>/images/train/step-XXXXXX.png`, and to the logger when it accepts images.
+    `log_images_kwargs` go to `log_images` (e.g. `steps`, `text_cfg_scale` for the editing model)."""
 
-    def __init__(self, batch_frequency: int = 2000, max_images: int = 4, log_first_step: bool = False) -> None:
+    def __init__(
+        self,
+        batch_frequency: int = 2000,
+        max_images: int = 4,
+        log_first_step: bool = False,
+        log_images_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if batch_frequency < 1:
             raise ValueError(f"batch_frequency must be >= 1, got {batch_frequency}")
         self.batch_frequency = batch_frequency
         self.max_images = max_images
         self.log_first_step = log_first_step
+        self.log_images_kwargs = dict(log_images_kwargs or {})
         self._last_logged = -1
 
     def _due(self, step: int) -> bool:
@@ -126,7 +134,7 @@ class ImageLogger(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.random.fork_rng(devices=[]):
-            images = pl_module.log_images(batch, n=self.max_images)
+            images = pl_module.log_images(batch, n=self.max_images, **self.log_images_kwargs)
         pl_module.train(was_training)
         grid = to_uint8_grid(list(images.values()))
         out_dir = Path(trainer.default_root_dir) / "images" / "train"
