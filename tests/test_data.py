@@ -14,16 +14,20 @@ import random
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from ldm.data.datamodule import DataModuleFromConfig
 from ldm.data.edit_dataset import EditDataset, PairsCSVDataset
 from ldm.data.images import UnreadableFileError
+from ldm.data.sampler import sample_seed
 from ldm.util import ConfigError, instantiate_from_config
 
 SIZE = 24
@@ -152,6 +156,49 @@ def test_edit_dataset_only_torch_rng_matters(edit_root: Path) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
+def pixels(sample: dict) -> torch.Tensor:
+    """(6, H, W): input and edited image of a sample."""
+    return torch.cat([sample["edit"]["c_concat"], sample["edited"]])
+
+
+def seed_folder(sample: dict) -> int:
+    """Which seed folder of make_edit_dataset a sample came from: its G gradient runs down (0) or up (1)."""
+    g = levels(sample["edit"]["c_concat"][1])
+    return int(g[-1].mean() < g[0].mean())
+
+
+def test_item_for_index_and_seed_ignores_global_rng(edit_root: Path) -> None:
+    dataset = EditDataset(edit_root, min_resize_res=20, max_resize_res=28, crop_res=16, flip_prob=0.5)
+    items = [(i, sample_seed(0, 0, i)) for i in range(12)]
+    torch.manual_seed(0)
+    rng_state = torch.get_rng_state()
+    first = [pixels(dataset[item]) for item in items]
+    assert torch.equal(torch.get_rng_state(), rng_state), "an (index, seed) item must not draw from the global RNG"
+    torch.manual_seed(1)
+    torch.rand(100)
+    second = [pixels(dataset[item]) for item in reversed(items)][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    for num_workers in (0, 2):
+        loader = DataLoader(dataset, batch_size=4, sampler=items, num_workers=num_workers)
+        batches = [torch.cat([b["edit"]["c_concat"], b["edited"]], dim=1) for b in loader]
+        assert torch.equal(torch.cat(batches), torch.stack(first)), f"num_workers={num_workers}"
+    # The seed drives every choice: seed folder, scale, crop window, flip.
+    samples = [dataset[(5, seed)] for seed in range(24)]
+    assert {seed_folder(sample) for sample in samples} == {0, 1}
+    assert {assert_aligned(sample) for sample in samples} == {False, True}
+    assert len({pixels(sample).shape for sample in samples}) == 1
+    assert len({round(levels(pixels(sample)[0, 0, 0]).item()) for sample in samples}) > 3
+
+
+def test_csv_dataset_takes_index_and_seed(csv_root: Path) -> None:
+    dataset = PairsCSVDataset(
+        csv_root / "pairs.csv", "sketch", "color", "prompt", min_resize_res=20, max_resize_res=28, crop_res=16
+    )
+    sample = dataset[(4, 123)]
+    assert sample["edit"]["c_crossattn"] == "make it 4"
+    assert torch.equal(pixels(sample), pixels(dataset[(4, 123)]))
+
+
 # --- PairsCSVDataset ---------------------------------------------------------------------
 
 
@@ -260,6 +307,17 @@ def test_corrupt_image_is_skipped_with_one_warning(tmp_path: Path) -> None:
     assert dataset.num_skipped == 1
 
 
+def test_skipped_sample_is_replaced_with_the_same_seed(tmp_path: Path) -> None:
+    dataset = small_dataset(tmp_path / "data", flip_prob=0.5)
+    (tmp_path / "data" / "prompt_002" / "7_1.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match="7_1.jpg"):
+        replaced = [dataset[(2, seed)] for seed in range(8)]
+    for seed, sample in enumerate(replaced):
+        assert sample["edit"]["c_crossattn"] == "make it 3"
+        assert torch.equal(pixels(sample), pixels(dataset[(3, seed)]))
+    assert {assert_aligned(sample) for sample in replaced} == {False, True}
+
+
 def test_missing_image_raises_when_asked(tmp_path: Path) -> None:
     dataset = small_dataset(tmp_path / "data", on_bad_image="raise")
     missing = tmp_path / "data" / "prompt_004" / "7_1.jpg"
@@ -315,14 +373,134 @@ def test_datamodule_batches(edit_root: Path, num_workers: int) -> None:
     check_batch(next(iter(data.val_dataloader())), 2)
 
 
-def test_datamodule_workers_are_reproducible(edit_root: Path) -> None:
-    data = instantiate_from_config(data_config(edit_root, 2, {"persistent_workers": False}), "data")
+def batch_pixels(batch: dict) -> torch.Tensor:
+    return torch.cat([batch["edit"]["c_concat"], batch["edited"]], dim=1)  # (B, 6, H, W)
 
-    def first_batch() -> torch.Tensor:
-        torch.manual_seed(0)
-        return next(iter(data.train_dataloader()))["edited"]
 
-    assert torch.equal(first_batch(), first_batch())
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x["edit"]["c_crossattn"] == y["edit"]["c_crossattn"] and torch.equal(batch_pixels(x), batch_pixels(y))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_datamodule_batches_ignore_workers_and_global_rng(edit_root: Path) -> None:
+    epochs = {}
+    for num_workers in (0, 2):
+        data = instantiate_from_config(data_config(edit_root, num_workers, {"seed": 3}), "data")
+        torch.manual_seed(num_workers)
+        rng_state = torch.get_rng_state()
+        epochs[num_workers] = list(data.train_dataloader())
+        assert torch.equal(torch.get_rng_state(), rng_state), "loading must not draw from the global RNG"
+    assert len(epochs[0]) == 9  # 36 training entries, batch_size 4
+    assert same_batches(epochs[0], epochs[2])
+    prompts = [p for batch in epochs[0] for p in batch["edit"]["c_crossattn"]]
+    assert sorted(prompts) == sorted(f"make it {k}" for k in range(36)) and prompts != sorted(prompts)
+
+
+def test_datamodule_seed_defaults_to_torch_initial_seed(edit_root: Path) -> None:
+    torch.manual_seed(1234)
+    assert instantiate_from_config(data_config(edit_root, 0), "data").seed == 1234
+
+
+def fake_trainer(epoch: int, processed: int, rank: int = 0, world_size: int = 1) -> SimpleNamespace:
+    """The attributes of pl.Trainer the data module reads."""
+    progress = SimpleNamespace(current=SimpleNamespace(processed=processed))
+    fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    return SimpleNamespace(current_epoch=epoch, global_rank=rank, world_size=world_size, fit_loop=fit_loop)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_datamodule_state_round_trip(edit_root: Path, num_workers: int) -> None:
+    first = instantiate_from_config(data_config(edit_root, 0, {"seed": 7}), "data")
+    first.trainer = fake_trainer(epoch=0, processed=0)
+    epoch0 = list(first.train_dataloader())
+    first.trainer = fake_trainer(epoch=1, processed=0)
+    epoch1 = list(first.train_dataloader())
+    assert not same_batches(epoch0, epoch1)
+
+    first.trainer = fake_trainer(epoch=0, processed=3)
+    state = first.state_dict()
+    assert state == {"seed": 7, "epoch": 0, "batches_done": 3}
+    # The checkpoint's seed wins over the configured one.
+    second = instantiate_from_config(data_config(edit_root, num_workers, {"seed": 8}), "data")
+    second.load_state_dict(state)
+    loader = second.train_dataloader()
+    assert len(loader) == 9, "Lightning counts the resumed epoch from the checkpoint's batch on"
+    assert same_batches(list(loader), epoch0[3:])
+    loader.sampler.set_epoch(1)
+    assert same_batches(list(loader), epoch1), "only the checkpoint's epoch is skipped into"
+
+    # A checkpoint after the last batch of epoch 0: the next loader starts epoch 1 from its beginning.
+    third = instantiate_from_config(data_config(edit_root, 0), "data")
+    third.load_state_dict({"seed": 7, "epoch": 0, "batches_done": 9})
+    assert same_batches(list(third.train_dataloader()), epoch1)
+
+
+def test_datamodule_shards_by_rank(edit_root: Path) -> None:
+    prompts = []
+    for rank in range(2):
+        data = instantiate_from_config(data_config(edit_root, 0, {"seed": 7}), "data")
+        data.trainer = fake_trainer(epoch=0, processed=0, rank=rank, world_size=2)
+        train = list(data.train_dataloader())
+        assert len(train) == 4  # 18 samples per rank, the last partial batch dropped
+        prompts.append([p for batch in train for p in batch["edit"]["c_crossattn"]])
+        val = [p for batch in data.val_dataloader() for p in batch["edit"]["c_crossattn"]]
+        assert val == [f"make it {36 + rank}"]
+    assert not set(prompts[0]) & set(prompts[1])
+
+
+class BatchRecorder(pl.LightningModule):
+    """Records (epoch, batch_idx, prompts, pixel sum) of each training batch; one weight fits the mean pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, int, tuple[str, ...], float]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        edited = batch["edited"]
+        self.seen.append((self.current_epoch, batch_idx, tuple(batch["edit"]["c_crossattn"]), edited.sum().item()))
+        return (self.weight - edited.mean()) ** 2
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+@pytest.mark.filterwarnings("ignore::lightning_fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_lightning_resume_sees_the_uninterrupted_batches(edit_root: Path, tmp_path: Path, num_workers: int) -> None:
+    def fit(ckpt_path: Path | None = None) -> BatchRecorder:
+        config = data_config(edit_root, num_workers)
+        del config.params.validation
+        callbacks = (
+            []
+            if ckpt_path
+            else [pl.callbacks.ModelCheckpoint(tmp_path, filename="{step}", every_n_train_steps=1, save_top_k=-1)]
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=12,  # 9 batches per epoch: into the second epoch
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=not ckpt_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            default_root_dir=tmp_path,
+        )
+        model = BatchRecorder()
+        trainer.fit(model, datamodule=instantiate_from_config(config, "data"), ckpt_path=ckpt_path)
+        return model
+
+    full = fit()
+    assert [(epoch, index) for epoch, index, _, _ in full.seen] == [(0, i) for i in range(9)] + [(1, 0), (1, 1), (1, 2)]
+    # mid-epoch, after the last batch of an epoch, just after an epoch boundary
+    for step in (3, 9, 10):
+        resumed = fit(tmp_path / f"step={step}.ckpt")
+        assert resumed.seen == full.seen[step:], f"resumed from step {step}"
+        assert torch.equal(resumed.weight, full.weight)
 
 
 def test_datamodule_dataset_typo_names_config_path(edit_root: Path) -> None:

@@ -3,13 +3,19 @@
 Both yield the sample format the editing model trains on:
 `{"edited": (3, H, W), "edit": {"c_concat": (3, H, W) input image, "c_crossattn": instruction}}`,
 images float32 in [-1, 1], augmented by `PairedTransform` (same resize, crop and flip for
-both images). Only torch's global RNG is used (seed choice, resize, crop, flip), so
-`torch.manual_seed` makes samples reproducible; in DataLoader workers torch seeds each
-worker itself.
+both images).
+
+Randomness: a dataset is indexed either by an `(index, seed)` pair (what
+`ldm.data.sampler.ResumableSampler` yields) or by a plain int. Every random choice of a
+sample (EditDataset's seed folder, resize size, crop window, flip) is drawn from a
+`torch.Generator` seeded with that seed, so `dataset[(i, s)]` is the same tensor whatever
+the global RNG, the DataLoader workers or the call order. A plain int index draws the seed
+from torch's global RNG first (so `torch.manual_seed` makes plain use reproducible).
 
 Unreadable files: with `on_bad_image="skip"` a sample whose image or prompt cannot be read
-is replaced by the next readable one (index + 1, + 2, ... wrapping around), a warning
-names the file once, and `num_skipped` counts the distinct unreadable files met by this
+is replaced by the next readable one (index + 1, + 2, ... wrapping around), augmented with
+the original sample's seed (each try restarts the generator from it); a warning names the
+file once, and `num_skipped` counts the distinct unreadable files met by this
 process (each DataLoader worker keeps its own count). With `on_bad_image="raise"` the
 `UnreadableFileError` naming the file propagates.
 """
@@ -20,6 +26,7 @@ import abc
 import csv
 import json
 import math
+import operator
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +44,8 @@ BAD_IMAGE_POLICIES = ("skip", "raise")
 SPLIT_COLUMN = "split"
 
 Sample = dict[str, Any]
+# seeds drawn for plain int indices: [0, 2**63 - 1), the range torch.randint can draw
+_MAX_DRAWN_SEED = 2**63 - 1
 
 
 def _key(prefix: str, name: str) -> str:
@@ -63,8 +72,9 @@ def split_range(num_items: int, splits: Sequence[float], split: str) -> range:
 class PairedEditDataset(Dataset, abc.ABC):
     """Shared sample assembly: load a pair, transform it, skip or raise on unreadable files.
 
-    Subclasses implement `__len__` and `load_pair(index) -> (input image, edited image, instruction)`,
-    raising `UnreadableFileError` for a file that cannot be read.
+    Subclasses implement `__len__` and `load_pair(index, generator) -> (input image, edited image,
+    instruction)`, drawing any random choice from `generator` and raising `UnreadableFileError`
+    for a file that cannot be read.
     """
 
     def __init__(
@@ -90,24 +100,31 @@ class PairedEditDataset(Dataset, abc.ABC):
     def __len__(self) -> int: ...
 
     @abc.abstractmethod
-    def load_pair(self, index: int) -> tuple[Image.Image, Image.Image, str]:
+    def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
         """(input image, edited image, instruction) of sample `index`, before augmentation."""
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
+        """Sample `item`: an `(index, seed)` pair, or an int index (seed drawn from torch's global RNG)."""
+        if isinstance(item, (tuple, list)):
+            index, seed = (operator.index(v) for v in item)
+        else:
+            index = operator.index(item)
+            seed = int(torch.randint(_MAX_DRAWN_SEED, ()))
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
         last_error: UnreadableFileError | None = None
         for offset in range(n):
+            generator = torch.Generator().manual_seed(seed)
             try:
-                input_image, edited_image, instruction = self.load_pair((index + offset) % n)
+                input_image, edited_image, instruction = self.load_pair((index + offset) % n, generator)
             except UnreadableFileError as err:
                 if self.on_bad_image == "raise":
                     raise
                 self._note_bad_file(err)
                 last_error = err
                 continue
-            input_tensor, edited_tensor = self.transform(input_image, edited_image)  # 2 x (3, H, W)
+            input_tensor, edited_tensor = self.transform(input_image, edited_image, generator)  # 2 x (3, H, W)
             return {"edited": edited_tensor, "edit": {"c_concat": input_tensor, "c_crossattn": instruction}}
         raise RuntimeError(
             f"no readable sample in {self.source} (split {self.split}): all {n} samples tried from index {index} "
@@ -128,7 +145,7 @@ class EditDataset(PairedEditDataset):
     `path/seeds.json` lists `[prompt_dir, [seed, ...]]`; `path/<prompt_dir>/prompt.json` holds the
     instruction under "edit"; `path/<prompt_dir>/{seed}_0.jpg` is the input and `{seed}_1.jpg` the
     edited image. Entries are split by their position in seeds.json; each access picks one seed
-    of the entry at random.
+    of the entry at random (the first draw of the sample's generator).
     """
 
     def __init__(
@@ -181,10 +198,10 @@ class EditDataset(PairedEditDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def load_pair(self, index: int) -> tuple[Image.Image, Image.Image, str]:
+    def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
         name, seeds = self.entries[index]
         folder = self.path / name
-        seed = seeds[int(torch.randint(len(seeds), ()).item())]
+        seed = seeds[int(torch.randint(len(seeds), (), generator=generator))]
         prompt_file = folder / "prompt.json"
         try:
             instruction = json.loads(prompt_file.read_text())["edit"]
@@ -264,6 +281,6 @@ class PairsCSVDataset(PairedEditDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load_pair(self, index: int) -> tuple[Image.Image, Image.Image, str]:
+    def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
         input_path, edited_path, instruction = self.pairs[index]
         return load_rgb(input_path), load_rgb(edited_path), instruction

@@ -1,13 +1,14 @@
 """Image loading and the paired augmentation shared by the editing datasets.
 
 An editing sample is a pair (input image, edited image) that must stay pixel-aligned:
-both are resized to the same random square size, then cropped by the same window and
-flipped together, by stacking them on the channel axis before torchvision's random
-transforms (as the original InstructPix2Pix `EditDataset` does).
+both are resized to the same random square size, stacked on the channel axis, then
+cropped by one window and flipped together (the original InstructPix2Pix `EditDataset`
+did the same with torchvision's RandomCrop/RandomHorizontalFlip).
 
-Randomness: every draw (resize size, crop window, flip) comes from torch's global RNG,
-so `torch.manual_seed` alone makes the augmentation reproducible; Python's `random` and
-NumPy's RNG are not used.
+Randomness: every draw (resize size, crop window, flip) comes from the `generator` passed
+to `PairedTransform`, or from torch's global RNG when it is None; Python's `random` and
+NumPy's RNG are not used. The datasets pass a generator seeded per sample, so a sample's
+augmentation does not depend on the global RNG (see `ldm.data.sampler`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.transforms import RandomCrop, RandomHorizontalFlip
 from torchvision.transforms.functional import pil_to_tensor
 
 
@@ -49,7 +49,11 @@ def to_signed_tensor(image: Image.Image) -> torch.Tensor:
 
 class PairedTransform:
     """Resize two images to one random square size in [min_resize_res, max_resize_res]
-    (Lanczos), then apply the same random `crop_res` crop and the same horizontal flip."""
+    (Lanczos), then apply the same random `crop_res` crop and the same horizontal flip.
+
+    Draws, in this order: resize size, crop top, crop left, flip (always drawn, whatever
+    `flip_prob`, so the draws of one generator do not depend on the configuration).
+    """
 
     def __init__(self, min_resize_res: int, max_resize_res: int, crop_res: int, flip_prob: float) -> None:
         if not 1 <= min_resize_res <= max_resize_res:
@@ -66,17 +70,28 @@ class PairedTransform:
             raise ValueError(f"flip_prob={flip_prob} must be a probability in [0, 1]")
         self.min_resize_res = min_resize_res
         self.max_resize_res = max_resize_res
-        self.crop = RandomCrop(crop_res)
-        self.flip = RandomHorizontalFlip(flip_prob)
+        self.crop_res = crop_res
+        self.flip_prob = flip_prob
 
-    def __call__(self, input_image: Image.Image, edited_image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two PIL images of any sizes -> two aligned (3, crop_res, crop_res) tensors in [-1, 1]."""
-        res = int(torch.randint(self.min_resize_res, self.max_resize_res + 1, ()).item())
+    def __call__(
+        self, input_image: Image.Image, edited_image: Image.Image, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two PIL images of any sizes -> two aligned (3, crop_res, crop_res) tensors in [-1, 1].
+
+        `generator=None` draws from torch's global RNG.
+        """
+        res = int(torch.randint(self.min_resize_res, self.max_resize_res + 1, (), generator=generator))
+        top, left = (int(torch.randint(res - self.crop_res + 1, (), generator=generator)) for _ in range(2))
+        flip = bool(torch.rand((), generator=generator) < self.flip_prob)
         pair = torch.cat(
             [
                 to_signed_tensor(image.resize((res, res), Image.Resampling.LANCZOS))
                 for image in (input_image, edited_image)
             ]
         )  # (6, res, res)
-        input_tensor, edited_tensor = self.flip(self.crop(pair)).chunk(2)  # 2 x (3, crop_res, crop_res)
+        # a copy, so the returned tensors do not keep the whole resized pair alive
+        pair = pair[:, top : top + self.crop_res, left : left + self.crop_res].contiguous()  # (6, crop_res, crop_res)
+        if flip:
+            pair = pair.flip(-1)
+        input_tensor, edited_tensor = pair.chunk(2)  # 2 x (3, crop_res, crop_res)
         return input_tensor, edited_tensor
