@@ -521,3 +521,12 @@ def test_datamodule_only_binds_configured_loaders(edit_root: Path) -> None:
     data = DataModuleFromConfig(**config.params)
     assert is_overridden("train_dataloader", data)
     assert not is_overridden("val_dataloader", data)
+
+
+def test_edit_dataset_reads_png_pairs(tmp_path: Path) -> None:
+    root = make_edit_dataset(tmp_path / "png", num_entries=20, seeds=(0,))
+    for jpg in root.rglob("*.jpg"):
+        Image.open(jpg).save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    sample = EditDataset(root, split="train", min_resize_res=24, max_resize_res=24, crop_res=24)[(0, 1)]
+    assert sample["edited"].shape == (3, 24, 24)

@@ -139,13 +139,21 @@ class PairedEditDataset(Dataset, abc.ABC):
         warnings.warn(f"skipping a sample of {self.source}: {err}", stacklevel=3)
 
 
+def _pair_image(folder: Path, seed: int, which: int) -> Path:
+    """`{seed}_{which}.jpg` as in the original layout, else the `.png` of the same name."""
+    jpg = folder / f"{seed}_{which}.jpg"
+    png = jpg.with_suffix(".png")
+    return png if not jpg.exists() and png.exists() else jpg
+
+
 class EditDataset(PairedEditDataset):
     """The InstructPix2Pix folder layout.
 
     `path/seeds.json` lists `[prompt_dir, [seed, ...]]`; `path/<prompt_dir>/prompt.json` holds the
     instruction under "edit"; `path/<prompt_dir>/{seed}_0.jpg` is the input and `{seed}_1.jpg` the
-    edited image. Entries are split by their position in seeds.json; each access picks one seed
-    of the entry at random (the first draw of the sample's generator).
+    edited image (`.png` is accepted too: lossless line art at small sizes). Entries are split by
+    their position in seeds.json; each access picks one seed of the entry at random (the first
+    draw of the sample's generator).
     """
 
     def __init__(
@@ -207,7 +215,7 @@ class EditDataset(PairedEditDataset):
             instruction = json.loads(prompt_file.read_text())["edit"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise UnreadableFileError(prompt_file, f"no readable 'edit' instruction ({err!r})") from err
-        return load_rgb(folder / f"{seed}_0.jpg"), load_rgb(folder / f"{seed}_1.jpg"), str(instruction)
+        return load_rgb(_pair_image(folder, seed, 0)), load_rgb(_pair_image(folder, seed, 1)), str(instruction)
 
 
 class PairsCSVDataset(PairedEditDataset):
