@@ -158,13 +158,13 @@ def test_sd15_shapes_load_into_diffusers():
 
 
 def fixed_batch(n: int = 4, size: int = 16) -> torch.Tensor:
-    """Smooth colour images, (N, H, W, C) in [-1, 1]: easy to reconstruct, far from constant."""
+    """Smooth colour images, (N, C, H, W) in [-1, 1]: easy to reconstruct, far from constant."""
     coords = torch.linspace(0, 1, size)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     images = []
     for i in range(n):
         channels = [torch.sin(2 * math.pi * (xx * (c + 1) + yy * (i + 1)) / 2 + i) for c in range(3)]
-        images.append(torch.stack(channels, dim=-1))
+        images.append(torch.stack(channels, dim=0))
     return torch.stack(images) * 0.9
 
 

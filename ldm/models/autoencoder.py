@@ -129,11 +129,15 @@ class AutoencoderKL(pl.LightningModule):
         return self.decode(z), posterior
 
     def get_input(self, batch: Mapping[str, Any], key: str | None = None) -> torch.Tensor:
-        """Batch images (B, H, W, C) (or (B, H, W)) in [-1, 1] -> (B, C, H, W) float."""
+        """Batch images (B, C, H, W) in [-1, 1], as every dataset in `ldm.data` yields them, as float.
+
+        (The CompVis autoencoder datasets yielded (B, H, W, C); the InstructPix2Pix datasets, and
+        so this project's, yield channels first.)
+        """
         x = batch[self.image_key if key is None else key]
-        if x.ndim == 3:
-            x = x[..., None]
-        return x.permute(0, 3, 1, 2).contiguous().float()
+        if x.ndim != 4:
+            raise ValueError(f"batch[{self.image_key!r}] must be (B, C, H, W), got shape {tuple(x.shape)}")
+        return x.contiguous().float()
 
     def get_last_layer(self) -> torch.Tensor:
         """Weight of the decoder's output conv, where the adaptive GAN weight compares gradients."""
