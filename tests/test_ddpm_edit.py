@@ -148,3 +148,21 @@ def test_log_images_shapes_and_determinism(model):
     assert set(a) == {"input", "target", "sample"}
     assert a["sample"].shape == (2, 3, 32, 32)
     torch.testing.assert_close(a["sample"], b["sample"], rtol=0, atol=0)
+
+
+def test_scale_by_std_measures_first_batch(tmp_path):
+    from types import SimpleNamespace
+
+    edit = instantiate_from_config(model_config(scale_by_std=True, use_ema=False), "model")
+    edit._trainer = SimpleNamespace(
+        global_step=0, ckpt_path=None, strategy=SimpleNamespace(reduce=lambda x, reduce_op: x)
+    )
+    b = batch(4)
+    torch.manual_seed(0)
+    expected = 1.0 / edit.first_stage_model.encode(b["edited"]).sample().std().item()
+    torch.manual_seed(0)
+    edit.on_train_batch_start(b, 0)
+    assert edit.scale_factor.item() == pytest.approx(expected, rel=1e-5)
+    assert "scale_factor" in edit.state_dict()
+    z, _ = edit.get_input(b)
+    assert 0.3 < z.std().item() < 3.0  # unit-ish scale (a fresh sample, not the measured one)

@@ -9,6 +9,7 @@ in small modules it delegates to: `schedule` (noise schedule buffers), `losses`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from ldm.modules.ema import LitEma
 from ldm.util import ConfigError, config_path, instantiate_from_config
 
 Cond = dict[str, list[torch.Tensor]]
+log = logging.getLogger(__name__)
 
 
 class DiffusionWrapper(nn.Module):
@@ -59,7 +61,10 @@ class DiffusionWrapper(nn.Module):
 class LatentDiffusion(pl.LightningModule):
     """Text-to-image latent diffusion with the parameter names of the CompVis configs.
 
-    `scale_factor` multiplies latents sampled from the autoencoder (SD 1.x: 0.18215).
+    `scale_factor` multiplies latents sampled from the autoencoder (SD 1.x: 0.18215). With
+    `scale_by_std` it is instead set to 1 / std of the first training batch's latents (averaged
+    over ranks) and saved in checkpoints as the buffer `scale_factor`: for autoencoders trained
+    in this project, whose latent scale nobody measured.
     `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
     loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
     weights become both the model and its EMA). `num_timesteps_cond` and `log_every_t` are
@@ -89,6 +94,7 @@ class LatentDiffusion(pl.LightningModule):
         loss_type: str = "l2",
         monitor: str | None = None,
         scale_factor: float = 1.0,
+        scale_by_std: bool = False,
         use_ema: bool = True,
         ema_decay: float = 0.9999,
         load_ema: bool = True,
@@ -109,7 +115,11 @@ class LatentDiffusion(pl.LightningModule):
         self.image_size, self.channels = image_size, channels
         self.parameterization, self.loss_type = parameterization, loss_type
         self.monitor = monitor
-        self.scale_factor = scale_factor
+        self.scale_by_std = scale_by_std
+        if scale_by_std:
+            self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        else:
+            self.scale_factor = scale_factor
         self.scheduler_config = scheduler_config
         self.cond_stage_trainable = cond_stage_trainable
         self.learning_rate = 1e-4  # main.py sets base_learning_rate (optionally scaled) here
@@ -204,6 +214,16 @@ class LatentDiffusion(pl.LightningModule):
         return self.p_losses(z, cond, t)
 
     # ---- Lightning hooks ------------------------------------------------------------------------
+    @torch.no_grad()
+    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if not self.scale_by_std or self.global_step > 0 or self.trainer.ckpt_path is not None:
+            return
+        image = batch[self.first_stage_key].to(self.device).float()
+        std = self.encode_first_stage(image).sample().flatten().std()
+        std = self.trainer.strategy.reduce(std, reduce_op="mean")
+        self.scale_factor.fill_(1.0 / std.item())
+        log.info("scale_by_std: scale_factor = %.5f", self.scale_factor.item())
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch)
         batch_size = len(batch[self.first_stage_key])

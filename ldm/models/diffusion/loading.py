@@ -9,7 +9,8 @@ except for a short documented allow-list:
   diffusion configs replace with `torch.nn.Identity`;
 - `model_ema.*` in the checkpoint when `load_ema` is off (its EMA is not wanted; a new
   EMA starts from the loaded weights);
-- model keys under `ignore_keys` prefixes, which the user asked to leave untouched.
+- model keys under `ignore_keys` prefixes, which the user asked to leave untouched;
+- a missing `scale_factor` buffer (models with `scale_by_std` measure it on their first batch).
 
 The UNet's first convolution may have more input channels than the checkpoint's (the
 editing model concatenates the input-image latent: 8 vs 4). Then channels 0-3 are copied
@@ -36,6 +37,7 @@ INPUT_CONV_KEYS = (
 )
 TOLERATED_KEYS = ("cond_stage_model.transformer.text_model.embeddings.position_ids",)
 TOLERATED_UNEXPECTED_PREFIXES = ("first_stage_model.loss.",)
+TOLERATED_MISSING = ("scale_factor",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -89,7 +91,9 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
         )
 
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in TOLERATED_KEYS and not (ignore and k.startswith(ignore))]
+    missing = [
+        k for k in missing if k not in TOLERATED_KEYS + TOLERATED_MISSING and not (ignore and k.startswith(ignore))
+    ]
     unexpected = [k for k in unexpected if k not in TOLERATED_KEYS and not k.startswith(TOLERATED_UNEXPECTED_PREFIXES)]
     if missing or unexpected:
         parts = []
