@@ -1,9 +1,15 @@
-"""Every YAML under configs/ instantiates: tiny ones fully, full-size ones (slow) with SD1.5 shapes."""
+"""Every YAML under configs/ instantiates.
+
+SD-family configs (configs/*.yaml, configs/stable-diffusion/) are full size (slow) and must
+have SD1.5 shapes. Every other config (tests/, openmoji/) is built whole, model and data,
+with checkpoint paths removed and dataset paths pointed at a small fixture.
+"""
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -13,55 +19,74 @@ from omegaconf import OmegaConf
 from ldm.util import check_params, count_params, instantiate_from_config
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-TINY = [p for p in CONFIGS if "tests" in p.parts]
-FULL = [p for p in CONFIGS if "tests" not in p.parts]
+SD_FAMILY = [p for p in CONFIGS if p.parent == ROOT / "configs" or "stable-diffusion" in p.parts]
+SMALL = [p for p in CONFIGS if p not in SD_FAMILY]
 SD15_UNET_4CH = 859_520_964
 
 
-def build_model(path: Path, **overrides):
-    cfg = OmegaConf.to_container(OmegaConf.load(path).model, resolve=True)
-    cfg.pop("base_learning_rate", None)
-    cfg["params"].update(overrides)
-    return instantiate_from_config(cfg, "model")
+def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
+    """The config as a dict, with every ckpt_path cleared and dataset paths set to `dataset`."""
+
+    def rewrite(node: Any, in_data: bool) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "ckpt_path":
+                    value = None
+                elif in_data and key in ("path", "csv_path") and dataset is not None:
+                    value = str(dataset)
+                out[key] = rewrite(value, in_data or key == "data")
+            return out
+        if isinstance(node, list):
+            return [rewrite(v, in_data) for v in node]
+        return node
+
+    return rewrite(OmegaConf.to_container(OmegaConf.load(path), resolve=True), False)
 
 
-def check_lightning_section(path: Path) -> None:
-    lightning = OmegaConf.to_container(OmegaConf.load(path).get("lightning", OmegaConf.create()), resolve=True)
+def build_model(config: dict[str, Any]):
+    model_cfg = dict(config["model"])
+    model_cfg.pop("base_learning_rate", None)
+    return instantiate_from_config(model_cfg, "model")
+
+
+def check_lightning_section(config: dict[str, Any]) -> None:
+    lightning = config.get("lightning", {})
     check_params(pl.Trainer, lightning.get("trainer", {}), "lightning.trainer")
     for name, cb in (lightning.get("callbacks") or {}).items():
         instantiate_from_config(cb, f"lightning.callbacks.{name}")
 
 
 def test_configs_found():
-    assert TINY and FULL
+    assert SMALL and SD_FAMILY
 
 
-@pytest.mark.parametrize("path", TINY, ids=lambda p: p.name)
-def test_tiny_config_instantiates(path, tmp_path):
-    model = build_model(path)
-    assert count_params(model.model) > 0
-    config = OmegaConf.load(path)
+@pytest.mark.parametrize("path", SMALL, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_small_config_instantiates(path, tmp_path):
+    dataset = make_edit_dataset(tmp_path / "edits", n=20)
+    config = load(path, dataset)
+    model = build_model(config)
+    assert count_params(model) > 0
     if "data" in config:
-        dataset = make_edit_dataset(tmp_path / "edits", n=20)
-        config.data.params.train.params.path = str(dataset)
-        data = instantiate_from_config(config.data, "data")
+        data = instantiate_from_config(config["data"], "data")
         data.setup("fit")
         batch = next(iter(data.train_dataloader()))
-        assert batch["edited"].shape[0] == config.data.params.batch_size
-    check_lightning_section(path)
+        assert batch["edited"].shape[0] == config["data"]["params"]["batch_size"]
+    check_lightning_section(config)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", FULL, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_full_size_config_instantiates(path):
-    model = build_model(path, ckpt_path=None) if "ckpt_path" in OmegaConf.load(path).model.params else build_model(path)
-    in_channels = OmegaConf.load(path).model.params.unet_config.params.in_channels
+@pytest.mark.parametrize("path", SD_FAMILY, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_sd_family_config_instantiates_full_size(path):
+    config = load(path)
+    model = build_model(config)
+    in_channels = config["model"]["params"]["unet_config"]["params"]["in_channels"]
     unet = count_params(model.model.diffusion_model)
     print(f"{path.name}: UNet {unet:,} ({in_channels} in-channels), VAE {count_params(model.first_stage_model):,}, "
           f"text {count_params(model.cond_stage_model):,}")  # fmt: skip
     assert unet == SD15_UNET_4CH + (in_channels - 4) * 320 * 9
     assert count_params(model.first_stage_model) == 83_653_863
     assert count_params(model.cond_stage_model) == 123_060_480
-    check_lightning_section(path)
+    check_lightning_section(config)
     del model
     gc.collect()
