@@ -1,0 +1,1 @@
+"""Scripts that build training data (run as `python dataset_creation/<script>.py`)."""

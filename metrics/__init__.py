@@ -1,0 +1,1 @@
+"""Evaluation scripts (run as `python metrics/<script>.py`)."""
