@@ -206,14 +206,16 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)  # (B, inner, H, W)
-        x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)  # (B, H*W, C or inner)
+        # Both layout changes copy (reshape alone would return strided views): norms, matmuls and
+        # residual adds downstream are markedly slower on channels-last strides, on CPU at least.
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1).contiguous()  # (B, H*W, C or inner)
         if self.use_linear:
             x = self.proj_in(x)  # (B, H*W, inner)
         for block in self.transformer_blocks:
             x = block(x, context=context)
         if self.use_linear:
             x = self.proj_out(x)  # (B, H*W, C)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)  # (B, inner or C, H, W)
+        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()  # (B, inner or C, H, W)
         if not self.use_linear:
             x = self.proj_out(x)  # (B, C, H, W)
         return x + x_in

@@ -86,12 +86,17 @@ def sample(
     callback: Callable[[dict[str, Any]], None] | None = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
-    """Run sampler `sampler` from x = noise * sigmas[0]; ancestral noise comes from `generator`."""
+    """Run sampler `sampler` from x = noise * sigmas[0]; ancestral noise comes from `generator`.
+
+    The noise is drawn on the generator's device and moved to x's, so a CPU generator gives
+    the same noise whatever device samples.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     kwargs: dict[str, Any] = {"extra_args": extra_args or {}, "callback": callback, "disable": disable_progress}
     if sampler in ANCESTRAL:
+        noise_device = x.device if generator is None else generator.device
         kwargs["noise_sampler"] = lambda sigma, sigma_next: torch.randn(
-            x.shape, generator=generator, device=x.device, dtype=x.dtype
-        )
+            x.shape, generator=generator, device=noise_device, dtype=x.dtype
+        ).to(x.device)
     return SAMPLERS[sampler](model_fn, x, sigmas, **kwargs)

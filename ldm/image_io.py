@@ -1,0 +1,144 @@
+"""Reading user images for editing and writing results atomically (Pillow and NumPy only, no torch).
+
+`load_image` turns whatever a user passes into an upright 8-bit RGB image: EXIF orientation
+applied, transparency composited over white (line art is often black strokes on alpha),
+16-bit grayscale scaled to 8 bits, palette / CMYK / grayscale converted; files that are not
+images, are truncated, or are larger than a pixel limit raise `ImageInputError` with the
+reason. `fit_to_stride` resizes to the model's grid as the original InstructPix2Pix
+`edit_cli.py` did. `save_image_atomic` writes a temporary file beside the target and renames
+it over the target, so a reader never sees a partial image and a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import struct
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+WHITE = (255, 255, 255, 255)
+TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I" (int32) as Pillow opens some 16-bit files
+LOSSY_QUALITY = 95  # JPEG / WebP quality of written results (Pillow's default, 75, shows artifacts)
+# What Pillow raises for a file that is not an image or is damaged (PNG chunk errors surface as
+# SyntaxError, short reads as EOFError / struct.error).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+
+
+class ImageInputError(ValueError):
+    """An input image cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: object) -> None:
+        super().__init__(f"cannot use {path}: {reason}")
+        self.path = Path(path)
+
+
+def image_extensions() -> set[str]:
+    """Lower-case file extensions (".png", ...) Pillow can open."""
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def output_format(path: str | Path) -> str:
+    """Pillow format name for writing `path`, from its extension; ValueError if there is none."""
+    Image.init()
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        shown = f"'{suffix}'" if suffix else "no extension"
+        raise ValueError(f"{path}: cannot tell an image format to write from {shown}; use .png, .jpg or .webp")
+    return fmt
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparent pixels over white, 16-bit values scaled (65535 -> 255)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)  # (H, W), 0..65535
+        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))  # "L"
+    if image.mode in TRANSPARENT_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int) -> Image.Image:
+    """Decode `path` as upright 8-bit RGB; ImageInputError if unreadable or above `max_pixels`.
+
+    The size is checked from the header, before any pixel data is decoded. Pillow's own
+    decompression-bomb guard (about 179 megapixels) still applies above `max_pixels`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageInputError(
+                        path,
+                        f"{width}x{height} is {width * height / 1e6:.1f} megapixels, more than the limit of "
+                        f"{max_pixels / 1e6:g} (raise it with --max-pixels)",
+                    )
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+    except ImageInputError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(path, err) from err
+    except DECODE_ERRORS as err:
+        raise ImageInputError(path, f"not a readable image ({err})") from err
+
+
+def edit_size(width: int, height: int, resolution: int, stride: int) -> tuple[int, int]:
+    """(width, height) of the edited image: multiples of `stride`, the longer side about `resolution`.
+
+    The original InstructPix2Pix rule, in exact arithmetic: scale so the longer side is
+    `resolution`, round the shorter side UP to a multiple of the stride, rescale, round both
+    sides DOWN to multiples of the stride. Then each side is at least one stride (tiny images
+    and small resolutions) and at most `resolution` rounded up to the stride (the original
+    could exceed it by up to a stride times the aspect ratio, unbounded for thin strips).
+    """
+    short = min(width, height)
+    factor = Fraction(resolution, max(width, height))
+    factor = math.ceil(short * factor / stride) * stride / Fraction(short)
+    largest = max(stride, math.ceil(resolution / stride) * stride)
+    return tuple(min(max(int(side * factor // stride) * stride, stride), largest) for side in (width, height))
+
+
+def fit_to_stride(image: Image.Image, resolution: int, stride: int) -> Image.Image:
+    """Resize (Lanczos) to `edit_size`, cropping the centre where the aspect ratio must change (ImageOps.fit)."""
+    size = edit_size(*image.size, resolution, stride)
+    if size == image.size:
+        return image
+    return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
+
+
+def save_image_atomic(image: Image.Image, path: str | Path) -> None:
+    """Write `image` to `path` in the format of its extension, creating parent folders.
+
+    The bytes go to a hidden temporary file in the same folder (same file system), flushed
+    to disk, then `os.replace`d onto `path`; on any failure the temporary file is removed.
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like a plain open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,74 @@
+"""Our editing LatentDiffusion as a diffusers `StableDiffusionInstructPix2PixPipeline` on the same tensors.
+
+The reference for parity tests (tests/test_edit_cli.py) and the edit benchmark
+(bench/edit_vs_diffusers.py). The model's state dict is an SD checkpoint already; diffusers'
+own single-file helpers derive the UNet and VAE configs from our YAML `model` section and
+convert the keys. UNet and VAE are built on the meta device and assigned our tensors (no
+copy, so both pipelines share memory); the CLIP text model is built normally (its
+non-persistent position ids must be real) and loaded. The tokenizer is our tokenizer object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    create_unet_diffusers_config_from_ldm,
+    create_vae_diffusers_config_from_ldm,
+)
+from transformers import CLIPTextModel
+
+from ldm.models.diffusion.ddpm_edit import LatentDiffusion
+
+
+def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:
+    result = module.load_state_dict(state, strict=True, assign=assign)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def to_diffusers_pipeline(
+    model: LatentDiffusion, model_config: dict[str, Any], scheduler: Any
+) -> StableDiffusionInstructPix2PixPipeline:
+    """`model` (built from `model_config`, the YAML `model` section) as a diffusers pipeline with `scheduler`."""
+    ddconfig = model_config["params"]["first_stage_config"]["params"]["ddconfig"]
+    if ddconfig["attn_resolutions"]:
+        raise ValueError("diffusers' VAE converter maps mid-block attention only; attn_resolutions must be []")
+    original_config = {"model": model_config}
+    checkpoint = {k: v for k, v in model.state_dict().items() if not k.startswith("model_ema.")}
+
+    unet_config = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_config)
+    _load_exactly(unet, convert_ldm_unet_checkpoint(checkpoint, unet_config), assign=True)
+
+    vae_config = create_vae_diffusers_config_from_ldm(original_config, checkpoint)
+    assert vae_config["scaling_factor"] == model.scale_factor
+    with torch.device("meta"):
+        vae = AutoencoderKL(**vae_config)
+    _load_exactly(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), assign=True)
+
+    encoder = model.cond_stage_model
+    text_encoder = CLIPTextModel(encoder.transformer.config)
+    text_state = convert_ldm_clip_checkpoint(checkpoint)  # "text_model.*" keys
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
+        text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
+    result = text_encoder.load_state_dict(text_state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {"text_model.embeddings.position_ids"}
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=encoder.tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
