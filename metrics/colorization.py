@@ -396,4 +396,8 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as err:  # bad CSV, missing predictions or folders: one line, no traceback
+        print(f"colorization.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -41,7 +41,8 @@ def pick(rows: list[dict[str, str]], per_kind: int) -> list[dict[str, str]]:
 
 
 def write_jobs(pairs_csv: Path, out: Path, per_kind: int, fixed: int) -> None:
-    root = pairs_csv.parent
+    # absolute paths: edit_cli reads relative job paths against the JSONL file's folder
+    root, out = pairs_csv.resolve().parent, out.resolve()
     rows = pick(read_pairs(pairs_csv), per_kind)
     out.mkdir(parents=True, exist_ok=True)
     for name, folder in (("jobs.jsonl", "pred"), ("jobs_notext.jsonl", "pred_notext")):
