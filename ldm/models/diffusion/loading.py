@@ -81,7 +81,10 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
         if key in state and key in own and state[key].shape != own[key].shape:
             old, new = tuple(state[key].shape), tuple(own[key].shape)
             log.info("%s: %s %s -> %s, new input channels zero", path, key, old, new)
-            state[key] = expand_input_channels(state[key], own[key].shape)
+            try:
+                state[key] = expand_input_channels(state[key], own[key].shape)
+            except CheckpointMismatchError as err:
+                raise CheckpointMismatchError(f"{path}: {key}: {err}") from err
     wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
     if wrong_shape:
         k = wrong_shape[0]

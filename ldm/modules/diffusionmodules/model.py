@@ -58,7 +58,8 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         x_norm = self.norm(x)
         # (B, C, H, W) -> (B, 1, H*W, C): one head of width C
-        q, k, v = (t(x_norm).reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q, self.k, self.v))
+        # contiguous (B, 1, H*W, C): strided inputs send SDPA to its slow math fallback on CPU
+        q, k, v = (t(x_norm).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for t in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C)
         out = out.transpose(2, 3).reshape(b, c, h, w)
         return x + self.proj_out(out)
