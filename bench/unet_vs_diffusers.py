@@ -9,12 +9,16 @@ the median of `--repeats` runs per model, interleaved ours / diffusers; "bf16" i
 weights under `torch.autocast("cpu", dtype=torch.bfloat16)`.
 
 Peak memory is the peak resident set size (from /proc/self/statm, polled every
-millisecond in a thread) above the level at the start of a run, after returning freed
+2 ms in a thread) above the level at the start of a run, after returning freed
 heap memory to the OS with malloc_trim; for forward+backward it includes the gradients.
 
-The machine's other load shows up as noise; the interleaving keeps it from favouring
-either model. Progress goes to stderr, the table to stdout at the end. Usage:
+Other load on the machine shows up as noise; interleaving keeps it from favouring either
+model. On a busy machine multi-threaded wall times mostly measure waiting at thread
+barriers, so the table also gives the ratio of process CPU times (all threads), which
+time-slicing does not inflate; `--threads 1` makes both columns robust. Progress goes to
+stderr, the table to stdout at the end. Usage:
     python bench/unet_vs_diffusers.py [--sizes tiny,full] [--repeats N] [--precisions fp32,bf16]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ CONFIGS = {
     "full": SD15,
 }
 DEFAULT_REPEATS = {"tiny": 7, "full": 2}  # full-size fp32 forward+backward takes ~40 s on 2 cores
-# CPUs without native bf16 (AVX512-BF16 / AMX) emulate it: one full-size bf16 forward took ~95 s
-# (ours) and ~480 s (diffusers) on 2 AVX2 cores, so full-size bf16 rows are opt-in.
+# CPUs without native bf16 (AVX512-BF16 / AMX) emulate it: one full-size bf16 forward took ~440 s
+# (ours) and ~450 s (diffusers) on 2 AVX2 cores, so full-size bf16 rows are opt-in.
 DEFAULT_PRECISIONS = {"tiny": ["fp32", "bf16"], "full": ["fp32"]}
 PRECISIONS = ("fp32", "bf16")
 BATCH, LATENT, TOKENS = 3, 32, 77
@@ -83,7 +87,7 @@ class PeakRSS:
         return self
 
     def _poll(self) -> None:
-        while not self._stop.wait(0.001):
+        while not self._stop.wait(0.002):
             self.peak = max(self.peak, resident_bytes())
 
     def __exit__(self, *exc: object) -> None:
@@ -132,7 +136,7 @@ def step(call: Callable[[], torch.Tensor], mode: str, precision: str) -> None:
 
 
 def bench_config(name: str, precisions: list[str], repeats: int) -> list[tuple]:
-    """Rows (config, mode, precision, ours s, diffusers s, ours peak bytes, diffusers peak bytes)."""
+    """Rows: config, mode, precision, then for ours and diffusers each: wall s, CPU s, peak bytes."""
     params = CONFIGS[name]
     torch.manual_seed(0)
     ours, theirs = build_pair(params)
@@ -153,22 +157,28 @@ def bench_config(name: str, precisions: list[str], repeats: int) -> list[tuple]:
     for mode in ("forward", "fwd+bwd"):
         for precision in precisions:
             seconds: dict[str, list[float]] = {label: [] for label in calls}
+            cpu_seconds: dict[str, list[float]] = {label: [] for label in calls}
             memory: dict[str, list[int]] = {label: [] for label in calls}
             for i in range(repeats + 1):  # the first round is the warm-up
                 for label in sorted(calls, reverse=i % 2 == 1):  # who goes first alternates too
                     call = calls[label]
                     with PeakRSS() as mem:
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         step(call, mode, precision)
                         seconds[label].append(time.perf_counter() - start)
+                        cpu_seconds[label].append(time.process_time() - cpu_start)
                     memory[label].append(mem.delta)
                     models[label].zero_grad(set_to_none=True)
-            row = (
-                (name, mode, precision)
-                + tuple(statistics.median(seconds[label][1:]) for label in calls)
-                + tuple(max(memory[label][1:]) for label in calls)
+            row = (name, mode, precision) + tuple(
+                value
+                for label in calls
+                for value in (
+                    statistics.median(seconds[label][1:]),
+                    statistics.median(cpu_seconds[label][1:]),
+                    max(memory[label][1:]),
+                )
             )
-            print(f"{name} {mode} {precision}: ours {row[3]:.3f}s, diffusers {row[4]:.3f}s", file=sys.stderr)
+            print(f"{name} {mode} {precision}: ours {row[3]:.3f}s, diffusers {row[6]:.3f}s", file=sys.stderr)
             rows.append(row)
     return rows
 
@@ -183,12 +193,15 @@ def main() -> None:
         "--precisions",
         help=f"comma-separated subset of {','.join(PRECISIONS)} (default {DEFAULT_PRECISIONS})",
     )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
     sizes = [s for s in args.sizes.split(",") if s]
     precisions = args.precisions.split(",") if args.precisions else None
     if set(sizes) - set(CONFIGS) or (precisions and set(precisions) - set(PRECISIONS)):
         parser.error(f"sizes must be among {','.join(CONFIGS)} and precisions among {','.join(PRECISIONS)}")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"batch {BATCH}, latents 4x{LATENT}x{LATENT}, context {BATCH}x{TOKENS}x768, "
@@ -200,16 +213,16 @@ def main() -> None:
             size, precisions or DEFAULT_PRECISIONS[size], args.repeats or DEFAULT_REPEATS[size]
         )
     header = (
-        f"{'config':<6} {'mode':<8} {'precision':<9} {'ours (s)':>9} {'diffusers (s)':>13} {'ours/diff':>9} "
-        f"{'ours peak':>9} {'diffusers peak':>14}"
+        f"{'config':<6} {'mode':<8} {'precision':<9} {'ours (s)':>9} {'diffusers (s)':>13} {'ratio':>6} "
+        f"{'CPU-time ratio':>14} {'ours peak':>9} {'diffusers peak':>14}"
     )
     print(header)
     print("-" * len(header))
     mib = 2**20
-    for name, mode, precision, ours_s, theirs_s, ours_mem, theirs_mem in rows:
+    for name, mode, precision, ours_s, ours_cpu, ours_mem, theirs_s, theirs_cpu, theirs_mem in rows:
         print(
-            f"{name:<6} {mode:<8} {precision:<9} {ours_s:>9.3f} {theirs_s:>13.3f} {ours_s / theirs_s:>9.2f} "
-            f"{ours_mem / mib:>9.0f} {theirs_mem / mib:>14.0f}"
+            f"{name:<6} {mode:<8} {precision:<9} {ours_s:>9.3f} {theirs_s:>13.3f} {ours_s / theirs_s:>6.2f} "
+            f"{ours_cpu / theirs_cpu:>14.2f} {ours_mem / mib:>9.0f} {theirs_mem / mib:>14.0f}"
         )
 
 

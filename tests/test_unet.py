@@ -48,6 +48,15 @@ SD15_EDIT_PARAMS = dict(
 )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine threads only wait at barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def unet_params(name: str, **overrides) -> dict:
     """Full constructor params of a tiny config (16x16 latents, 4 output channels)."""
     params = dict(image_size=16, out_channels=4, use_spatial_transformer=True, **TINY_CONFIGS[name])

@@ -165,6 +165,10 @@ class UNetModel(nn.Module):
     same unless `num_head_channels` does not divide `ch`). `attention_resolutions` lists
     downsampling factors (1, 2, 4, ...) at which a SpatialTransformer follows each ResBlock.
     `in_channels` is free: the editing model uses 8 (noisy latent + input-image latent).
+    `use_checkpoint` recomputes ResBlock and transformer-block activations in backward
+    (non-reentrant `torch.utils.checkpoint`). `use_linear_in_transformer` (an SD 2.x option)
+    makes the transformers' proj_in/proj_out linear layers. `image_size` is only recorded:
+    the network is fully convolutional.
     """
 
     def __init__(
