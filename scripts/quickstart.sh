@@ -2,32 +2,44 @@
 # The embedded default, end to end on CPU with no downloads (what `make demo` runs):
 # OpenMoji sketch/color pairs -> KL autoencoder -> editing model -> edits of held-out sketches
 # -> grid and metrics. Each step reuses what earlier runs left (data, checkpoints); FRESH=1 starts over.
+#
+# Environment (defaults in brackets; the tiny end-to-end test shrinks every stage with these):
+#   PY [.venv/bin/python]  DATA [data/openmoji]  LOGDIR [logs]  OUT [outputs/demo]
+#   LIMIT   only the first N emojis [all]        AE_STEPS, EDIT_STEPS   training steps [the configs']
+#   PER_KIND  test pairs edited per kind [24]    SAMPLE_STEPS  sampler steps per edit [20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-DATA=data/openmoji
-OUT=outputs/demo
-EDIT_ARGS=(--resolution 64 --steps 20 --sampler euler --seed 0 --config configs/openmoji/generate.yaml
-           --ckpt logs/openmoji-edit/checkpoints/last.ckpt)
+DATA=${DATA:-data/openmoji}
+LOGDIR=${LOGDIR:-logs}
+OUT=${OUT:-outputs/demo}
+PER_KIND=${PER_KIND:-24}
+AE_RUN=$LOGDIR/openmoji-autoencoder
+EDIT_RUN=$LOGDIR/openmoji-edit
+EDIT_ARGS=(--resolution 64 --steps "${SAMPLE_STEPS:-20}" --sampler euler --seed 0
+           --config configs/openmoji/generate.yaml --ckpt "$EDIT_RUN/checkpoints/last.ckpt")
 
 if [[ "${FRESH:-0}" == 1 ]]; then
-  rm -rf "$DATA" logs/openmoji-autoencoder logs/openmoji-edit "$OUT"
+  rm -rf "$DATA" "$AE_RUN" "$EDIT_RUN" "$OUT"
 fi
 start=$SECONDS
 step() { printf '\n== [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
 step "1/6 OpenMoji sketch/color pairs at 64 px ($DATA)"
-$PY dataset_creation/openmoji.py --out "$DATA" --size 64
+$PY dataset_creation/openmoji.py --out "$DATA" --size 64 ${LIMIT:+--limit "$LIMIT"}
 
-step "2/6 KL autoencoder (resumes or skips if logs/openmoji-autoencoder is done)"
-$PY main.py --base configs/openmoji/autoencoder.yaml --train --name openmoji-autoencoder --logger csv
+step "2/6 KL autoencoder (resumes, or skips when $AE_RUN is done)"
+$PY main.py --base configs/openmoji/autoencoder.yaml --train --name openmoji-autoencoder --logger csv \
+  --logdir "$LOGDIR" ${AE_STEPS:+--max_steps "$AE_STEPS"} "data.params.train.params.path=$DATA/train"
 
-step "3/6 editing model (resumes or skips if logs/openmoji-edit is done)"
-$PY main.py --base configs/openmoji/train.yaml --train --name openmoji-edit --logger csv
+step "3/6 editing model (resumes, or skips when $EDIT_RUN is done)"
+$PY main.py --base configs/openmoji/train.yaml --train --name openmoji-edit --logger csv \
+  --logdir "$LOGDIR" ${EDIT_STEPS:+--max_steps "$EDIT_STEPS"} "data.params.train.params.path=$DATA/train" \
+  "model.params.first_stage_config.params.ckpt_path=$AE_RUN/checkpoints/last.ckpt"
 
 step "4/6 edit held-out test sketches"
 rm -rf "$OUT/pred" "$OUT/pred_notext" "$OUT/fixed"
-$PY scripts/demo.py jobs --pairs "$DATA/test.csv" --out "$OUT"
+$PY scripts/demo.py jobs --pairs "$DATA/test.csv" --out "$OUT" --per-kind "$PER_KIND"
 $PY edit_cli.py --input "$OUT/jobs.jsonl" "${EDIT_ARGS[@]}"
 $PY edit_cli.py --input "$OUT/jobs_notext.jsonl" "${EDIT_ARGS[@]}" --cfg-text 0
 $PY edit_cli.py --input "$OUT/jobs_fixed.jsonl" "${EDIT_ARGS[@]}"

@@ -63,7 +63,7 @@ def test_configs_found():
 
 @pytest.mark.parametrize("path", SMALL, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_small_config_instantiates(path, tmp_path):
-    dataset = make_edit_dataset(tmp_path / "edits", n=20)
+    dataset = make_edit_dataset(tmp_path / "edits", n=40)  # >= the largest batch of a small config (32)
     config = load(path, dataset)
     model = build_model(config)
     assert count_params(model) > 0
