@@ -4,7 +4,9 @@
 model's own `alphas_cumprod` (eps or v parameterization). `CFGDenoiser` adds the
 InstructPix2Pix three-way classifier-free guidance in one batch of three:
 [text + image, no text + image, no text + no image], combined as
-`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`.
+`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`. `TextCFGDenoiser` is the
+two-way guidance of a text-to-image model, `uncond + s * (cond - uncond)` from one batch
+[text; no text].
 Samplers are chosen by name and called with k-diffusion's signature
 `sample_*(model, x, sigmas, extra_args, callback, disable)`.
 """
@@ -66,6 +68,34 @@ class CFGDenoiser(nn.Module):
         return uncond_out + text_cfg_scale * (full - img_only) + image_cfg_scale * (img_only - uncond_out)
 
 
+class TextCFGDenoiser(nn.Module):
+    """Two-way guidance for text-to-image; `inner` is a k-diffusion denoiser of a cross-attention model.
+
+    The model sees one batch of 2B: the B samples with their text, then the same B samples
+    with the empty text, so attention controllers (Prompt-to-Prompt) find the conditional
+    half first and each half in the order of `z`. `cfg_scale` is one number or one per sample.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        cfg_scale: float | torch.Tensor,
+    ) -> torch.Tensor:
+        # z (B, C, h, w), sigma (B,), cond/uncond (B, T, D), cfg_scale a number or (B,)
+        batched = {"c_crossattn": [torch.cat([cond, uncond])]}
+        with_text, without_text = self.inner(torch.cat([z, z]), torch.cat([sigma, sigma]), cond=batched).chunk(2)
+        scale = torch.as_tensor(cfg_scale, dtype=with_text.dtype, device=z.device)
+        scale = scale.view(-1, *[1] * (z.ndim - 1)) if scale.ndim else scale  # (B, 1, 1, 1) or ()
+        return without_text + scale * (with_text - without_text)
+
+
 def get_sigmas(model_denoiser: nn.Module, steps: int, karras: bool = False) -> torch.Tensor:
     """Noise levels (steps + 1,), descending to 0: evenly spaced in t, or Karras et al. (2022) eq. 5 with rho 7."""
     if steps < 1:
@@ -85,16 +115,20 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     disable_progress: bool = True,
+    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run sampler `sampler` from x = noise * sigmas[0]; ancestral noise comes from `generator`.
 
     The noise is drawn on the generator's device and moved to x's, so a CPU generator gives
-    the same noise whatever device samples.
+    the same noise whatever device samples. A `noise_sampler(sigma, sigma_next)` returning
+    noise of x's shape replaces that (for samples that each draw from their own generator).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     kwargs: dict[str, Any] = {"extra_args": extra_args or {}, "callback": callback, "disable": disable_progress}
-    if sampler in ANCESTRAL:
+    if sampler in ANCESTRAL and noise_sampler is not None:
+        kwargs["noise_sampler"] = noise_sampler
+    elif sampler in ANCESTRAL:
         noise_device = x.device if generator is None else generator.device
         kwargs["noise_sampler"] = lambda sigma, sigma_next: torch.randn(
             x.shape, generator=generator, device=noise_device, dtype=x.dtype
