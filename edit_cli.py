@@ -27,7 +27,7 @@ import random
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,8 @@ DEFAULT_CONFIG = ROOT / "configs" / "generate.yaml"
 SAMPLER_NAMES = ("euler_a", "euler", "heun", "dpmpp_2m", "dpmpp_2s_a", "lms")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JOB_KEYS = ("input", "edit", "output")
+# optional per-job overrides of --cfg-text / --cfg-image (a guidance sweep or a baseline in one model load)
+JOB_GUIDANCE_KEYS = ("cfg_text", "cfg_image")
 
 
 class UsageError(Exception):
@@ -82,6 +84,7 @@ class Job:
     input: Path
     edit: str
     outputs: list[Path]
+    guidance: dict[str, float] = field(default_factory=dict)  # SamplingOptions fields set by this job
 
 
 # ---- arguments ----------------------------------------------------------------------------------
@@ -197,14 +200,26 @@ def _jsonl_jobs(args: argparse.Namespace, source: Path) -> tuple[list[Job], list
             problems.append(f"{where}: not a JSON object")
             continue
         record.setdefault("edit", args.edit)
-        unknown = sorted(set(record) - set(JOB_KEYS))
+        unknown = sorted(set(record) - set(JOB_KEYS) - set(JOB_GUIDANCE_KEYS))
         bad = [key for key in JOB_KEYS if not isinstance(record.get(key), str)]
-        if unknown or bad:
-            detail = f"unknown key {unknown[0]!r}" if unknown else f"{bad[0]!r} missing or not a string"
-            problems.append(f"{where}: {detail} (a job has {', '.join(JOB_KEYS)}; edit may come from --edit)")
+        guidance = {key: record[key] for key in JOB_GUIDANCE_KEYS if key in record}
+        not_number = [k for k, v in guidance.items() if isinstance(v, bool) or not isinstance(v, int | float)]
+        if unknown or bad or not_number:
+            if unknown:
+                detail = f"unknown key {unknown[0]!r}"
+            elif bad:
+                detail = f"{bad[0]!r} missing or not a string"
+            else:
+                detail = f"{not_number[0]!r} is not a number"
+            problems.append(
+                f"{where}: {detail} (a job has {', '.join(JOB_KEYS)}, optionally {', '.join(JOB_GUIDANCE_KEYS)}; "
+                "edit may come from --edit)"
+            )
             continue
         output = out_base / record["output"]
-        jobs.append(Job(source.parent / record["input"], record["edit"], sample_paths(output, args.num_samples)))
+        outputs = sample_paths(output, args.num_samples)
+        guidance = {key: float(value) for key, value in guidance.items()}
+        jobs.append(Job(source.parent / record["input"], record["edit"], outputs, guidance))
     if not jobs and not problems:
         raise UsageError(f"--input {source}: no jobs in the file")
     return jobs, problems
@@ -532,7 +547,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(args.num_samples * args.steps)
             else:
                 try:
-                    results = editor.edit(image, job.edit, seeds, options, callback=lambda _: bar.update())
+                    job_options = replace(options, **job.guidance)
+                    results = editor.edit(image, job.edit, seeds, job_options, callback=lambda _: bar.update())
                 except MemoryError as err:
                     raise UsageError(err) from err
             for path, result in zip(job.outputs, results, strict=True):

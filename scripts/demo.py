@@ -5,7 +5,7 @@
 
 `jobs` writes three edit_cli.py job files under --out: `jobs.jsonl` (test pairs, a fixed
 number per kind, predictions to `pred/<pair_id>.png`), `jobs_notext.jsonl` (the same inputs,
-to `pred_notext/`, run with --cfg-text 0 for the "instruction off" baseline) and
+to `pred_notext/`, with `"cfg_text": 0` for the "instruction off" baseline) and
 `jobs_fixed.jsonl` (a few sketches with "make it red/blue/green", to `fixed/`).
 `grid` draws `grid.png`: one row per shown pair, columns input | instruction | result |
 ground truth, then the fixed-instruction rows.
@@ -45,11 +45,11 @@ def write_jobs(pairs_csv: Path, out: Path, per_kind: int, fixed: int) -> None:
     root, out = pairs_csv.resolve().parent, out.resolve()
     rows = pick(read_pairs(pairs_csv), per_kind)
     out.mkdir(parents=True, exist_ok=True)
-    for name, folder in (("jobs.jsonl", "pred"), ("jobs_notext.jsonl", "pred_notext")):
+    for name, folder, guidance in (("jobs.jsonl", "pred", {}), ("jobs_notext.jsonl", "pred_notext", {"cfg_text": 0})):
         with open(out / name, "w") as f:
             for row in rows:
                 job = {"input": str(root / row["input_image"]), "edit": row["edit"],
-                       "output": str(out / folder / f"{row['pair_id']}.png")}  # fmt: skip
+                       "output": str(out / folder / f"{row['pair_id']}.png"), **guidance}  # fmt: skip
                 f.write(json.dumps(job) + "\n")
     sketches = [r for r in rows if r["kind"] == "recolor"][:fixed]
     with open(out / "jobs_fixed.jsonl", "w") as f:

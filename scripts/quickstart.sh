@@ -40,9 +40,8 @@ $PY main.py --base configs/openmoji/train.yaml --train --name openmoji-edit --lo
 step "4/6 edit held-out test sketches"
 rm -rf "$OUT/pred" "$OUT/pred_notext" "$OUT/fixed"
 $PY scripts/demo.py jobs --pairs "$DATA/test.csv" --out "$OUT" --per-kind "$PER_KIND"
-$PY edit_cli.py --input "$OUT/jobs.jsonl" "${EDIT_ARGS[@]}"
-$PY edit_cli.py --input "$OUT/jobs_notext.jsonl" "${EDIT_ARGS[@]}" --cfg-text 0
-$PY edit_cli.py --input "$OUT/jobs_fixed.jsonl" "${EDIT_ARGS[@]}"
+cat "$OUT/jobs.jsonl" "$OUT/jobs_notext.jsonl" "$OUT/jobs_fixed.jsonl" > "$OUT/jobs_all.jsonl"
+$PY edit_cli.py --input "$OUT/jobs_all.jsonl" "${EDIT_ARGS[@]}"
 
 step "5/6 metrics (model, instruction off, baselines)"
 $PY metrics/colorization.py --pairs "$DATA/test.csv" --allow-missing \

@@ -331,6 +331,24 @@ def test_jsonl_jobs_with_a_bad_line(files, tmp_path, capsys) -> None:
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_same.png")), np.asarray(sketch((32, 32))))
 
 
+def test_jsonl_job_guidance_overrides_the_flags(files, tmp_path, capsys) -> None:
+    sketch((32, 32)).save(tmp_path / "a.png")
+    jobs = [
+        {"input": "a.png", "edit": "make it blue", "output": "default.png"},
+        {"input": "a.png", "edit": "make it blue", "output": "job.png", "cfg_text": 0, "cfg_image": 2.5},
+        {"input": "a.png", "edit": "make it blue", "output": "bad.png", "cfg_text": "high"},
+    ]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(job) + "\n" for job in jobs))
+    assert edit_cli.main(cli_args(files, "--input", str(tmp_path / "jobs.jsonl"), "--seed", "7")) == 1
+    assert "jobs.jsonl:3: 'cfg_text' is not a number" in capsys.readouterr().err
+    args = ["--input", str(tmp_path / "a.png"), "--edit", "make it blue", "--cfg-text", "0", "--cfg-image", "2.5",
+            "--seed", "7"]  # fmt: skip
+    assert edit_cli.main(cli_args(files, *args, "--output", str(tmp_path / "flags.png"))) == 0
+    assert (tmp_path / "job.png").read_bytes() == (tmp_path / "flags.png").read_bytes()
+    assert (tmp_path / "job.png").read_bytes() != (tmp_path / "default.png").read_bytes()
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_empty_edit_returns_resized_input(files, tmp_path) -> None:
     sketch((80, 48)).save(tmp_path / "wide.png")
     args = ["--input", str(tmp_path / "wide.png"), "--output", str(tmp_path / "same.png"), "--edit", ""]
