@@ -1,8 +1,10 @@
-"""Shared test fixtures: a tiny edit dataset on disk, running main.py, and a weights-dump callback."""
+"""Shared test fixtures: a tiny edit dataset on disk, a tiny editing model, running main.py, and a
+weights-dump callback."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
+
+from ldm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tests" / "tiny_edit.yaml"
@@ -63,3 +68,24 @@ class DumpWeights(pl.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+def tiny_model_config(**params) -> dict:
+    """The `model` section of the tiny test config (EMA off unless asked), as a plain dict."""
+    config = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG).model, resolve=True)
+    config.pop("base_learning_rate")
+    config["params"].update({"use_ema": False, **params})
+    return config
+
+
+@torch.no_grad()
+def tiny_model(seed: int = 0, scale: float = 0.1, **params):
+    """Tiny editing model whose zero-initialised UNet layers (output conv, transformer proj_out) get
+    N(0, scale^2 / fan_in) weights, so the UNet predicts non-zero noise of about `scale` size."""
+    torch.manual_seed(seed)
+    model = instantiate_from_config(tiny_model_config(**params), "model")
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.model.parameters():
+        if not p.any():
+            p.copy_(scale * torch.randn(p.shape, generator=generator) / math.sqrt(max(1, p[0].numel())))
+    return model.eval()

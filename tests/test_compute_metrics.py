@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 from clip_fixtures import write_tiny_clip
-from helpers import ROOT, TINY_CONFIG, make_edit_dataset
+from helpers import ROOT, TINY_CONFIG, make_edit_dataset, tiny_model
 from omegaconf import OmegaConf
 from PIL import Image
-from test_edit_cli import tiny_model
 
 from metrics import compute_metrics
 from metrics.clip_similarity import ClipSimilarity

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG
+from helpers import ROOT, TINY_CONFIG, tiny_model, tiny_model_config
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
@@ -30,27 +29,6 @@ TINY_ARGS = ["--resolution", "32", "--steps", str(STEPS)]
 
 
 # ---- tiny models and files ----------------------------------------------------------------------
-def tiny_model_config(**params) -> dict:
-    """The `model` section of the tiny test config (EMA off unless asked), as a plain dict."""
-    config = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG).model, resolve=True)
-    config.pop("base_learning_rate")
-    config["params"].update({"use_ema": False, **params})
-    return config
-
-
-@torch.no_grad()
-def tiny_model(seed: int = 0, scale: float = 0.1, **params):
-    """Tiny editing model whose zero-initialised UNet layers (output conv, transformer proj_out) get
-    N(0, scale^2 / fan_in) weights, so the UNet predicts non-zero noise of about `scale` size."""
-    torch.manual_seed(seed)
-    model = instantiate_from_config(tiny_model_config(**params), "model")
-    generator = torch.Generator().manual_seed(seed)
-    for p in model.model.parameters():
-        if not p.any():
-            p.copy_(scale * torch.randn(p.shape, generator=generator) / math.sqrt(max(1, p[0].numel())))
-    return model.eval()
-
-
 def sketch(size: tuple[int, int] = (40, 30)) -> Image.Image:
     image = Image.new("RGB", size, "white")
     ImageDraw.Draw(image).ellipse((4, 4, size[0] - 6, size[1] - 5), outline="black", width=2)
