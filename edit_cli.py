@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
+from ldm.cli import UsageError, report_error, run_cli
 from ldm.image_io import (
     ImageInputError,
     fit_to_stride,
@@ -60,10 +61,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JOB_KEYS = ("input", "edit", "output")
 # optional per-job overrides of --cfg-text / --cfg-image (a guidance sweep or a baseline in one model load)
 JOB_GUIDANCE_KEYS = ("cfg_text", "cfg_image")
-
-
-class UsageError(Exception):
-    """A mistake in the arguments, files or environment; reported as one line, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -499,11 +496,6 @@ def load_editor(args: argparse.Namespace, model_config: dict[str, Any], ckpt: Pa
 
 
 # ---- running ------------------------------------------------------------------------------------
-def report(message: object) -> None:
-    """One error line on stderr (newlines in `message` folded), clear of a progress bar."""
-    tqdm.write(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-
-
 def _existing_file(flag: str, path: str | None) -> Path | None:
     if path is None:
         return None
@@ -521,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
     _existing_file("--vae-ckpt", args.vae_ckpt)
     for problem in problems:
-        report(problem)
+        report_error(PROG, problem)
 
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f"seed: {seed}", flush=True)
@@ -536,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 image = load_image(job.input, args.max_pixels)
             except ImageInputError as err:
-                report(err)
+                report_error(PROG, err)
                 failures += 1
                 bar.update(args.num_samples * args.steps)
                 continue
@@ -555,7 +547,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     save_image_atomic(result, path)
                 except OSError as err:
-                    report(f"cannot write {path}: {err}")
+                    report_error(PROG, f"cannot write {path}: {err}")
                     failures += 1
                 else:
                     tqdm.write(f"wrote {path}", file=sys.stdout)
@@ -565,14 +557,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        report(err)
-        return 1
-    except KeyboardInterrupt:
-        report("interrupted")
-        return 130
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ Reproducibility: candidate seeds come from `random.Random(f"{--seed}:{id}")` (di
 only, not on partitions, resumes or file order; images are bit-identical for the same device,
 precision and --batch-size.
 
-Mistakes in arguments or files print one line `generate_img_dataset.py: error: ...` and exit 1.
+Mistakes in arguments or files print one line `generate_img_dataset.py: error: ...` and exit 1;
+Ctrl-C prints `generate_img_dataset.py: error: interrupted` and exits 130 (run again to resume).
 """
 
 from __future__ import annotations
@@ -78,13 +79,13 @@ from tqdm import tqdm  # noqa: E402
 from dataset_creation.generate_txt_dataset import id_hash  # noqa: E402
 from edit_cli import (  # noqa: E402
     SAMPLER_NAMES,
-    UsageError,
     autocast_dtype,
     load_model,
     model_stride,
     pick_device,
     read_model_config,
 )
+from ldm.cli import UsageError, run_cli  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -502,12 +503,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        tqdm.write(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ from dataset_creation.llm_client import (  # noqa: E402
     parse_reply,
     triple_problem,
 )
+from ldm.cli import UsageError, run_cli  # noqa: E402
 
 PROG = "generate_txt_dataset.py"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -93,10 +94,6 @@ CHAT_EXAMPLES = (
     ),
 )
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-class UsageError(Exception):
-    """A mistake in the arguments or files, reported in one line."""
 
 
 @dataclass(frozen=True)
@@ -414,7 +411,7 @@ def read_examples(args: argparse.Namespace) -> tuple[EditTriple, ...]:
         raise UsageError(f"--examples {path}: no such file")
     try:
         triples, problems = prepare_for_gpt.read_triples(path, args.max_chars)
-    except prepare_for_gpt.UsageError as err:  # an unreadable file
+    except UsageError as err:  # an unreadable file
         raise UsageError(f"--examples {err}") from err
     if problems:
         raise UsageError(f"--examples {problems[0]}")
@@ -470,24 +467,17 @@ def summary(args: argparse.Namespace, stats: Stats) -> str:
     )
 
 
-def report(message: object) -> None:
-    """One error line on stderr (newlines folded), clear of a progress bar."""
-    tqdm.write(f"{PROG}: error: {one_line(str(message))}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (1 when requests failed: run again)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def generate_and_summarize() -> int:
         stats = run(args)
-    except (UsageError, BackendError) as err:
-        report(err)
-        return 1
-    except KeyboardInterrupt:
-        report("interrupted (the lines written so far are kept; run again to go on)")
-        return 130
-    print(summary(args, stats), file=sys.stderr)
-    return 1 if stats.failed else 0
+        print(summary(args, stats), file=sys.stderr)
+        return 1 if stats.failed else 0
+
+    interrupted = "interrupted (the lines written so far are kept; run again to go on)"
+    return run_cli(PROG, generate_and_summarize, errors=(UsageError, BackendError), interrupted=interrupted)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python dataset_creation/<this>.py`: import from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ldm.cli import UsageError, run_cli  # noqa: E402
+
 PROG = "prepare_dataset.py"
 IMAGE_SUFFIXES = (".jpg", ".png")
-
-
-class UsageError(Exception):
-    """A mistake in the arguments or files, reported in one line."""
 
 
 def pair_seeds(folder: Path) -> list[int | str]:
@@ -94,12 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Write seeds.json for a generated edit dataset.")
     parser.add_argument("root", help="dataset folder (one sub-folder per prompt)")
     args = parser.parse_args(argv)
-    try:
+
+    def index() -> int:
         print(run(Path(args.root)))
-    except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(PROG, index)
 
 
 if __name__ == "__main__":

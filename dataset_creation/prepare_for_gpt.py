@@ -38,14 +38,11 @@ from dataset_creation.llm_client import (  # noqa: E402
     one_line,
     triple_problem,
 )
+from ldm.cli import UsageError, report_error, run_cli  # noqa: E402
 
 PROG = "prepare_for_gpt.py"
 FIELDS = ("input", "edit", "output")
 DEFAULT_MAX_CHARS = 300  # per text; generate_txt_dataset.py applies the same limit to what the model writes
-
-
-class UsageError(Exception):
-    """A mistake in the arguments or files, reported in one line."""
 
 
 def read_triples(path: Path, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[list[EditTriple], list[str]]:
@@ -126,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-chars {args.max_chars}: must be at least 1")
     triples, problems = read_triples(source, args.max_chars)
     for problem in problems:
-        report(problem)
+        report_error(PROG, problem)
     if not triples:
         raise UsageError(f"--input {source}: no usable edits (every line was left out)")
     to_record = chat_record if args.format == "chat" else completion_record
@@ -138,19 +135,10 @@ def run(args: argparse.Namespace) -> int:
     return len(problems)
 
 
-def report(message: object) -> None:
-    print(f"{PROG}: error: {one_line(str(message))}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (1 when lines were left out)."""
     args = build_parser().parse_args(argv)
-    try:
-        left_out = run(args)
-    except UsageError as err:
-        report(err)
-        return 1
-    return 1 if left_out else 0
+    return run_cli(PROG, lambda: 1 if run(args) else 0)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import edit_cli  # noqa: E402
-from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions, UsageError  # noqa: E402
+from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions  # noqa: E402
+from ldm.cli import UsageError, run_cli  # noqa: E402
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic  # noqa: E402
 
 if TYPE_CHECKING:
@@ -424,22 +425,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(message: object) -> None:
-    """One error line on stderr (newlines folded), clear of a progress bar."""
-    tqdm.write(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        report(err)
-        return 1
-    except KeyboardInterrupt:
-        report("interrupted")
-        return 130
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""ldm/cli.py: the one-line error report, the exit statuses of run_cli, and no torch on import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ldm.cli import UsageError, report_error, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raising(error: BaseException) -> Callable[[], int]:
+    """A `run` that raises `error`."""
+
+    def run() -> int:
+        raise error
+
+    return run
+
+
+def test_report_error_is_one_line_with_whitespace_folded(capsys) -> None:
+    report_error("tool.py", "--input a.png:\n  no  such\tfile ")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "tool.py: error: --input a.png: no such file\n"
+
+
+def test_run_cli_returns_the_status_of_run(capsys) -> None:
+    assert run_cli("tool.py", lambda: 0) == 0
+    assert run_cli("tool.py", lambda: 3) == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_a_usage_error_is_reported_and_exits_1(capsys) -> None:
+    assert run_cli("tool.py", raising(UsageError("--steps 0:\nmust be positive"))) == 1
+    assert capsys.readouterr().err == "tool.py: error: --steps 0: must be positive\n"
+
+
+def test_ctrl_c_is_reported_and_exits_130(capsys) -> None:
+    assert run_cli("tool.py", raising(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "tool.py: error: interrupted\n"
+    assert run_cli("tool.py", raising(KeyboardInterrupt()), interrupted="interrupted (run again)") == 130
+    assert capsys.readouterr().err == "tool.py: error: interrupted (run again)\n"
+
+
+def test_only_the_named_errors_are_caught(capsys) -> None:
+    assert run_cli("tool.py", raising(ConnectionError("refused")), errors=(UsageError, ConnectionError)) == 1
+    assert capsys.readouterr().err == "tool.py: error: refused\n"
+    with pytest.raises(ValueError, match="a bug"):  # anything else is a bug: its traceback is wanted
+        run_cli("tool.py", raising(ValueError("a bug")))
+
+
+def test_a_script_exits_without_traceback_and_without_torch() -> None:
+    script = (
+        "import sys\n"
+        "from ldm.cli import UsageError, run_cli\n"
+        "assert 'torch' not in sys.modules, 'ldm.cli imported torch'\n"
+        "def run():\n"
+        "    raise UsageError('bad --flag')\n"
+        "sys.exit(run_cli('tool.py', run))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "tool.py: error: bad --flag\n"
