@@ -22,8 +22,9 @@ TARGET = "ldm.models.autoencoder.AutoencoderKL"
 IDENTITY_LOSS = {"target": "torch.nn.Identity"}
 
 
-def tiny_ddconfig(attn_resolutions: tuple[int, ...] = ()) -> dict:
+def tiny_ddconfig(attn_resolutions: tuple[int, ...] = (), **extra) -> dict:
     return {
+        **extra,
         "double_z": True,
         "z_channels": 4,
         "resolution": 32,
@@ -82,7 +83,7 @@ def diffusers_config(ddconfig: dict) -> dict:
         "block_out_channels": [ddconfig["ch"] * m for m in ddconfig["ch_mult"]],
         "layers_per_block": ddconfig["num_res_blocks"],
         "latent_channels": ddconfig["z_channels"],
-        "norm_num_groups": 32,
+        "norm_num_groups": ddconfig.get("norm_num_groups", 32),
         "sample_size": ddconfig["resolution"],
     }
 
@@ -120,9 +121,13 @@ def to_diffusers(model: AutoencoderKL, ddconfig: dict):
     return reference, converted, result
 
 
-@pytest.mark.parametrize("attn_resolutions", [(), (16,)], ids=["no-attn", "attn-16"])
-def test_matches_diffusers_on_same_weights(attn_resolutions):
-    ddconfig = tiny_ddconfig(attn_resolutions)
+@pytest.mark.parametrize(
+    ("attn_resolutions", "extra"),
+    [((), {}), ((16,), {}), ((16,), {"norm_num_groups": 8})],
+    ids=["no-attn", "attn-16", "attn-16-groups-8"],
+)
+def test_matches_diffusers_on_same_weights(attn_resolutions, extra):
+    ddconfig = tiny_ddconfig(attn_resolutions, **extra)
     model = AutoencoderKL(ddconfig=ddconfig, lossconfig=IDENTITY_LOSS, embed_dim=4).eval()
     randomize_(model)
     reference, _, result = to_diffusers(model, ddconfig)
@@ -130,6 +135,8 @@ def test_matches_diffusers_on_same_weights(attn_resolutions):
     reference.eval()
     if attn_resolutions:
         assert len(model.encoder.down[1].attn) == 1 and len(model.decoder.up[1].attn) == 2
+    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {extra.get("norm_num_groups", 32)}
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))

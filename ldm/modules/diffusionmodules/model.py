@@ -8,6 +8,11 @@ layout and the checkpoints depend on it. The attention projections are 1x1 convo
 the same reason.
 
 The encoder and decoder take the same `ddconfig` mapping as keyword arguments.
+`norm_num_groups` (diffusers' name; 32 in every SD VAE) sets the GroupNorm groups. It is not
+part of the checkpoint format (GroupNorm weights have one entry per channel whatever the
+grouping). Small autoencoders want fewer groups: with 32 channels, 32 groups normalise each
+channel of each image on its own (instance normalisation), which discards the per-image
+channel statistics that carry flat fill colours, and colours then come out sepia.
 """
 
 from __future__ import annotations
@@ -17,19 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups and eps 1e-6, as in every SD VAE."""
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with eps 1e-6, as in every SD VAE (which uses 32 groups)."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """norm -> SiLU -> conv3x3, twice, plus a (1x1 `nin_shortcut` when channels change) skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
@@ -46,9 +51,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions, with a residual connection."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, kernel_size=1)
         self.k = nn.Conv2d(channels, channels, kernel_size=1)
         self.v = nn.Conv2d(channels, channels, kernel_size=1)
@@ -94,12 +99,12 @@ class Upsample(nn.Module):
         return self.conv(x) if self.with_conv else x
 
 
-def _mid_block(channels: int, dropout: float) -> nn.Module:
+def _mid_block(channels: int, dropout: float, groups: int) -> nn.Module:
     """`mid.block_1`, `mid.attn_1`, `mid.block_2` at the lowest resolution."""
     mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, dropout)
-    mid.attn_1 = AttnBlock(channels)
-    mid.block_2 = ResnetBlock(channels, channels, dropout)
+    mid.block_1 = ResnetBlock(channels, channels, dropout, groups)
+    mid.attn_1 = AttnBlock(channels, groups)
+    mid.block_2 = ResnetBlock(channels, channels, dropout, groups)
     return mid
 
 
@@ -125,6 +130,7 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         resamp_with_conv: bool = True,
         double_z: bool = True,
+        norm_num_groups: int = 32,
     ) -> None:
         super().__init__()
         self.num_resolutions = len(ch_mult)
@@ -141,17 +147,17 @@ class Encoder(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout, norm_num_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, norm_num_groups))
             if i_level != self.num_resolutions - 1:
                 level.downsample = Downsample(block_in, resamp_with_conv)
                 curr_res //= 2
             self.down.append(level)
 
-        self.mid = _mid_block(block_in, dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid = _mid_block(block_in, dropout, norm_num_groups)
+        self.norm_out = group_norm(block_in, norm_num_groups)
         self.conv_out = nn.Conv2d(
             block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1, padding=1
         )
@@ -190,13 +196,14 @@ class Decoder(nn.Module):
         dropout: float = 0.0,
         resamp_with_conv: bool = True,
         double_z: bool = True,
+        norm_num_groups: int = 32,
     ) -> None:
         super().__init__()
         self.num_resolutions = len(ch_mult)
         block_in = ch * ch_mult[-1]
         curr_res = resolution // 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = _mid_block(block_in, dropout)
+        self.mid = _mid_block(block_in, dropout, norm_num_groups)
 
         levels = []
         for i_level in reversed(range(self.num_resolutions)):
@@ -205,17 +212,17 @@ class Decoder(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout, norm_num_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, norm_num_groups))
             if i_level != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
                 curr_res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)  # up[0] is the full-resolution level
 
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, norm_num_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
