@@ -18,6 +18,7 @@ import datetime
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +258,23 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
         trainer.validate(model, datamodule=data)
 
 
+# Lightning notices about what this project does on purpose: frozen submodules stay in eval mode,
+# manual-optimization checkpoints hold the weights after the step, a config may train without
+# validation data, a mid-epoch resume is exact (the data module's state restores the sampler's
+# position); and a deprecation inside Lightning's own code.
+INTENDED = (
+    r"Found \d+ module\(s\) in eval mode",
+    "Using ModelCheckpoint with manual optimization",
+    "You defined a `validation_step` but have no `val_dataloader`",
+    "You're resuming from a checkpoint that ended before the epoch ended",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for message in INTENDED:
+        warnings.filterwarnings("ignore", message=message)
     opt, overrides = get_parser().parse_known_args(argv)
     sys.path.insert(0, os.getcwd())
     from ldm.models.diffusion.loading import CheckpointMismatchError

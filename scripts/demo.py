@@ -51,7 +51,8 @@ def write_jobs(pairs_csv: Path, out: Path, per_kind: int, fixed: int) -> None:
                 job = {"input": str(root / row["input_image"]), "edit": row["edit"],
                        "output": str(out / folder / f"{row['pair_id']}.png"), **guidance}  # fmt: skip
                 f.write(json.dumps(job) + "\n")
-    sketches = [r for r in rows if r["kind"] == "recolor"][:fixed]
+    first_of_emoji = {r["emoji"]: r for r in reversed(rows) if r["kind"] == "recolor"}  # file order kept below
+    sketches = [r for r in rows if r["kind"] == "recolor" and first_of_emoji[r["emoji"]] is r][:fixed]
     with open(out / "jobs_fixed.jsonl", "w") as f:
         for row in sketches:
             for instruction in FIXED_INSTRUCTIONS:

@@ -163,16 +163,17 @@ class AutoencoderKL(pl.LightningModule):
         optimizers[0].zero_grad()
         self.manual_backward(aeloss)
         optimizers[0].step()
-        self.log("aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-        self.log_dict(log_ae, on_step=True, on_epoch=False)
+        batch_size = inputs.shape[0]
+        self.log("aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log_dict(log_ae, on_step=True, on_epoch=False, batch_size=batch_size)
 
         if self._has_discriminator():
             discloss, log_disc = self.loss(inputs, reconstructions, posterior, 1, step, split="train")
             optimizers[1].zero_grad()
             self.manual_backward(discloss)
             optimizers[1].step()
-            self.log("discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-            self.log_dict(log_disc, on_step=True, on_epoch=False)
+            self.log("discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+            self.log_dict(log_disc, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         inputs = self.get_input(batch)
@@ -181,10 +182,10 @@ class AutoencoderKL(pl.LightningModule):
         _, log_ae = self.loss(
             inputs, reconstructions, posterior, 0, step, last_layer=self.get_last_layer(), split="val"
         )
-        self.log_dict(log_ae)  # includes val/rec_loss, the usual `monitor`
+        self.log_dict(log_ae, batch_size=inputs.shape[0])  # includes val/rec_loss, the usual `monitor`
         if self._has_discriminator():
             _, log_disc = self.loss(inputs, reconstructions, posterior, 1, step, split="val")
-            self.log_dict(log_disc)
+            self.log_dict(log_disc, batch_size=inputs.shape[0])
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if isinstance(self.loss, nn.Identity):
