@@ -183,6 +183,8 @@ def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
             every_n_train_steps=every,
             save_top_k=-1,
             save_last=True,
+            # a run directory that was moved or copied must still overwrite its last.ckpt, never add last-v1.ckpt
+            enable_version_counter=False,
         ),
         pl.callbacks.LearningRateMonitor(logging_interval="step"),
         RNGStateCallback(),

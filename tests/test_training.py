@@ -132,6 +132,17 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path):
     assert a["lr_schedulers"][0]["_last_lr"] == pytest.approx(b["lr_schedulers"][0]["_last_lr"], abs=1e-12)
 
 
+def test_moved_run_trains_longer_into_its_own_last_ckpt(dataset, tmp_path):
+    first = run_main(train_args(dataset, tmp_path, "cluster", "--max_steps", "2", "--logger", "csv"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / "cluster").rename(tmp_path / "laptop")  # a run directory copied elsewhere, then trained on
+    longer = run_main(["--resume", str(tmp_path / "laptop"), "--train", "--max_steps", "4"], cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    checkpoints = sorted(p.name for p in (tmp_path / "laptop" / "checkpoints").iterdir())
+    assert not [name for name in checkpoints if name.startswith("last-")], checkpoints
+    assert checkpoint(tmp_path / "laptop" / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
 def test_released_checkpoint_given_to_resume_fine_tunes(dataset, tmp_path):
     first = run_main(train_args(dataset, tmp_path, "base", "--max_steps", "2"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
