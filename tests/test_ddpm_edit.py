@@ -166,3 +166,27 @@ def test_scale_by_std_measures_first_batch(tmp_path):
     assert "scale_factor" in edit.state_dict()
     z, _ = edit.get_input(b)
     assert 0.3 < z.std().item() < 3.0  # unit-ish scale (a fresh sample, not the measured one)
+
+
+def test_v_parameterization_target_and_sampling_denoiser_agree():
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0 (diffusers' get_velocity); an oracle UNet that returns
+    exactly that v makes our k-diffusion denoiser return x0, so training and sampling use one convention."""
+    from diffusers import DDPMScheduler
+
+    from ldm.models.diffusion.sampling import denoiser
+
+    torch.manual_seed(0)
+    model = instantiate_from_config(model_config(parameterization="v", use_ema=False), "model").eval()
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 999])
+    reference = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    v = model.target(x0, t, noise)
+    torch.testing.assert_close(v, reference.get_velocity(x0, noise, t), rtol=1e-4, atol=1e-5)
+
+    x_t = model.q_sample(x0, t, noise)  # VP form; k-diffusion sees x = x_t / sqrt(abar) at sigma
+    abar = model.alphas_cumprod[t]
+    sigma = ((1 - abar) / abar).sqrt()
+    model.apply_model = lambda x, timestep, cond: model.target(x0, timestep.round().long(), noise)  # oracle
+    denoised = denoiser(model)(x_t / abar.sqrt()[:, None, None, None], sigma, cond={})
+    torch.testing.assert_close(denoised, x0, rtol=1e-3, atol=1e-3)
