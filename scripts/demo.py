@@ -7,6 +7,9 @@
 number per kind, predictions to `pred/<pair_id>.png`), `jobs_notext.jsonl` (the same inputs,
 to `pred_notext/`, with `"cfg_text": 0` for the "instruction off" baseline) and
 `jobs_fixed.jsonl` (a few sketches with "make it red/blue/green", to `fixed/`).
+`reconstruct` passes the ground truth of the same test pairs through the trained autoencoder
+alone (`autoencoder/<pair_id>.png`): scored like a model, it is the ceiling any editing model
+on that autoencoder can reach.
 `grid` draws `grid.png`: one row per shown pair, columns input | instruction | result |
 ground truth, then the fixed-instruction rows.
 """
@@ -60,6 +63,31 @@ def write_jobs(pairs_csv: Path, out: Path, per_kind: int, fixed: int) -> None:
                 f.write(json.dumps({"input": str(root / row["input_image"]), "edit": instruction,
                                     "output": str(output)}) + "\n")  # fmt: skip
     print(f"{len(rows)} test pairs and {len(sketches) * len(FIXED_INSTRUCTIONS)} fixed edits -> {out}")
+
+
+def reconstruct(pairs_csv: Path, out: Path, config: Path, ckpt: Path) -> None:
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from ldm.data.images import load_rgb, to_signed_tensor
+    from ldm.image_io import save_image_atomic
+    from ldm.util import instantiate_from_config
+
+    model_config = OmegaConf.to_container(OmegaConf.load(config).model, resolve=True)
+    model_config.pop("base_learning_rate", None)
+    model_config["params"].update({"ckpt_path": str(ckpt), "monitor": None})
+    model = instantiate_from_config(model_config, "model").eval()
+    by_id = {r["pair_id"]: r for r in read_pairs(pairs_csv)}
+    jobs = [json.loads(line) for line in open(out / "jobs.jsonl")]
+    for job in jobs:
+        pair_id = Path(job["output"]).stem
+        target = to_signed_tensor(load_rgb(pairs_csv.parent / by_id[pair_id]["edited_image"]))[None]  # (1, 3, H, W)
+        with torch.inference_mode():
+            x = model.decode(model.encode(target).mode())[0]  # (3, H, W) in about [-1, 1]
+        pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        save_image_atomic(Image.fromarray(np.ascontiguousarray(pixels)), out / "autoencoder" / f"{pair_id}.png")
+    print(f"{len(jobs)} ground-truth images through the autoencoder -> {out / 'autoencoder'}")
 
 
 def cell(path: Path | None) -> Image.Image:
@@ -125,6 +153,11 @@ def main() -> None:
     jobs.add_argument("--out", type=Path, required=True)
     jobs.add_argument("--per-kind", type=int, default=24)
     jobs.add_argument("--fixed", type=int, default=3, help="sketches edited with the fixed instructions")
+    recon = sub.add_parser("reconstruct", help="the autoencoder round trip of the jobs' ground truth")
+    recon.add_argument("--pairs", type=Path, required=True)
+    recon.add_argument("--out", type=Path, required=True)
+    recon.add_argument("--config", type=Path, default=Path("configs/openmoji/autoencoder.yaml"))
+    recon.add_argument("--ckpt", type=Path, required=True)
     grid = sub.add_parser("grid", help="draw grid.png from the finished jobs")
     grid.add_argument("--pairs", type=Path, required=True)
     grid.add_argument("--out", type=Path, required=True)
@@ -132,6 +165,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "jobs":
         write_jobs(args.pairs, args.out, args.per_kind, args.fixed)
+    elif args.command == "reconstruct":
+        reconstruct(args.pairs, args.out, args.config, args.ckpt)
     else:
         draw_grid(args.pairs, args.out, args.rows_per_kind)
 

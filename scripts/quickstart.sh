@@ -38,14 +38,15 @@ $PY main.py --base configs/openmoji/train.yaml --train --name openmoji-edit --lo
   "model.params.first_stage_config.params.ckpt_path=$AE_RUN/checkpoints/last.ckpt"
 
 step "4/6 edit held-out test sketches"
-rm -rf "$OUT/pred" "$OUT/pred_notext" "$OUT/fixed"
+rm -rf "$OUT/pred" "$OUT/pred_notext" "$OUT/fixed" "$OUT/autoencoder"
 $PY scripts/demo.py jobs --pairs "$DATA/test.csv" --out "$OUT" --per-kind "$PER_KIND"
 cat "$OUT/jobs.jsonl" "$OUT/jobs_notext.jsonl" "$OUT/jobs_fixed.jsonl" > "$OUT/jobs_all.jsonl"
 $PY edit_cli.py --input "$OUT/jobs_all.jsonl" "${EDIT_ARGS[@]}"
 
-step "5/6 metrics (model, instruction off, baselines)"
-$PY metrics/colorization.py --pairs "$DATA/test.csv" --allow-missing \
-  --pred-dir "model=$OUT/pred" --pred-dir "no_text=$OUT/pred_notext" --out "$OUT/metrics.json"
+step "5/6 metrics (model, instruction off, the autoencoder's ceiling, baselines)"
+$PY scripts/demo.py reconstruct --pairs "$DATA/test.csv" --out "$OUT" --ckpt "$AE_RUN/checkpoints/last.ckpt"
+$PY metrics/colorization.py --pairs "$DATA/test.csv" --allow-missing --pred-dir "model=$OUT/pred" \
+  --pred-dir "no_text=$OUT/pred_notext" --pred-dir "autoencoder=$OUT/autoencoder" --out "$OUT/metrics.json"
 
 step "6/6 grid"
 $PY scripts/demo.py grid --pairs "$DATA/test.csv" --out "$OUT"

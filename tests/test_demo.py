@@ -3,8 +3,9 @@ first 40 emojis, 2 training steps per model and 2 sampler steps per edit, in a t
 
 It exercises every stage the real demo runs (OpenMoji data -> autoencoder through main.py ->
 editing model through main.py, initialised from that autoencoder -> edit_cli batch edits,
-instruction off, fixed instructions -> colorization metrics -> grid); the quality of two-step
-models is not the point, only that each stage hands the next what it needs.
+instruction off, fixed instructions -> the autoencoder's ceiling -> colorization metrics ->
+grid); the quality of two-step models is not the point, only that each stage hands the next
+what it needs.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def test_quickstart_runs_every_stage(tmp_path):
 
     out = tmp_path / "out"
     report = json.loads((out / "metrics.json").read_text())
-    assert report["methods"] == ["model", "no_text", "input_unchanged", "flat_fill"]
+    assert report["methods"] == ["model", "no_text", "autoencoder", "input_unchanged", "flat_fill"]
     scored = report["results"]["model"]["all"]
     assert scored["pairs"] == report["pairs_scored"] > 0
     assert 0.0 <= scored["palette_accuracy"] <= 1.0 and 0.0 <= scored["line_iou"] <= 1.0
@@ -55,7 +56,7 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert jobs and fixed
     for job in jobs + fixed:
         assert Image.open(job["output"]).size == (64, 64)
-    assert len(list((out / "pred_notext").glob("*.png"))) == len(jobs)
+    assert len(list((out / "pred_notext").glob("*.png"))) == len(list((out / "autoencoder").glob("*.png"))) == len(jobs)
     grid = Image.open(out / "grid.png")
     assert grid.width > grid.height / 10 and grid.height >= 128 * (len(fixed) + 2)
 
