@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from ldm.models.autoencoder import AutoencoderKL
+from ldm.models.diffusion.loading import CheckpointMismatchError
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.losses.contperceptual import LPIPSWithDiscriminator
 from ldm.util import ConfigError, instantiate_from_config
@@ -340,12 +341,13 @@ def test_init_from_ckpt_is_strict(tmp_path):
 
     extra = dict(state, **{"first_stage_model.encoder.conv_extra.weight": torch.zeros(1)})
     torch.save(extra, tmp_path / "extra.ckpt")
-    with pytest.raises(RuntimeError, match=r"unexpected keys \['encoder\.conv_extra\.weight'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \['encoder\.conv_extra\.weight'\]"):
         copy.deepcopy(model).init_from_ckpt(tmp_path / "extra.ckpt")
 
     fewer = {k: v for k, v in state.items() if not k.startswith("first_stage_model.decoder.conv_out.")}
     torch.save(fewer, tmp_path / "fewer.ckpt")
-    with pytest.raises(RuntimeError, match=r"missing keys \['decoder\.conv_out\.bias', 'decoder\.conv_out\.weight'\]"):
+    missing = r"missing keys \['decoder\.conv_out\.bias', 'decoder\.conv_out\.weight'\]"
+    with pytest.raises(CheckpointMismatchError, match=missing):
         copy.deepcopy(model).init_from_ckpt(tmp_path / "fewer.ckpt")
     copy.deepcopy(model).init_from_ckpt(tmp_path / "fewer.ckpt", ignore_keys=["decoder.conv_out"])
 

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ldm.models.diffusion.loading import CheckpointMismatchError
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import ConfigError, accepted_params, config_path, instantiate_from_config, load_state_dict_file
@@ -105,7 +106,7 @@ class AutoencoderKL(pl.LightningModule):
         missing = sorted(k for k in own_keys - set(state_dict) if not allowed(k))
         unexpected = sorted(k for k in set(state_dict) - own_keys if not allowed(k))
         if missing or unexpected:
-            raise RuntimeError(
+            raise CheckpointMismatchError(
                 f"{path}: checkpoint does not match AutoencoderKL: missing keys {missing}, unexpected keys {unexpected}"
             )
         state_dict = {k: v for k, v in state_dict.items() if k in own_keys}
