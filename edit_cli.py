@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
-from ldm.cli import UsageError, report_error, run_cli
+from ldm.cli import UsageError, int_at_least, report_error, run_cli
 from ldm.image_io import (
     ImageInputError,
     fit_to_stride,
@@ -85,13 +85,6 @@ class Job:
 
 
 # ---- arguments ----------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**63:
@@ -112,17 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
     add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
-    add("--steps", type=_positive_int, default=100, help="sampling steps")
-    add("--resolution", type=_positive_int, default=512, help="longer side of the edited image (pixels)")
+    add("--steps", type=int_at_least(1), default=100, help="sampling steps")
+    add("--resolution", type=int_at_least(1), default=512, help="longer side of the edited image (pixels)")
     add("--cfg-text", type=float, default=7.5, help="text guidance scale: higher follows the instruction more")
     add("--cfg-image", type=float, default=1.5, help="image guidance scale: higher stays closer to the input")
     add("--seed", type=_seed, help="random seed (sample i of each input uses seed + i); random and printed if absent")
     add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
     add("--karras", action="store_true", help="Karras et al. (2022) noise levels instead of evenly spaced timesteps")
-    add("--num-samples", type=_positive_int, default=1, help="edits per input: out.png -> out_0.png, out_1.png, ...")
+    add("--num-samples", type=int_at_least(1), default=1, help="edits per input: out.png -> out_0.png, out_1.png, ...")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype; auto = fp16 on CUDA, else fp32")
-    add("--max-pixels", type=_positive_int, default=40_000_000, help="refuse inputs with more pixels")
+    add("--max-pixels", type=int_at_least(1), default=40_000_000, help="refuse inputs with more pixels")
     return parser
 
 

@@ -85,7 +85,7 @@ from edit_cli import (  # noqa: E402
     pick_device,
     read_model_config,
 )
-from ldm.cli import UsageError, run_cli  # noqa: E402
+from ldm.cli import UsageError, int_at_least, run_cli  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -154,13 +154,6 @@ class Candidate:
 
 
 # ---- arguments ----------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -175,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vae-ckpt", help="replace the autoencoder weights (e.g. vae-ft-mse-840000-ema-pruned.ckpt)")
     add("--clip-model", default="ViT-L-14", help="open_clip model name or config JSON")
     add("--clip-weights", required=True, help="local CLIP weights file (open_clip state dict or OpenAI .pt)")
-    add("--n-samples", type=_positive_int, default=100, help="candidate pairs per triple")
-    add("--max-out-samples", type=_positive_int, default=4, help="pairs kept per triple, best direction first")
+    add("--n-samples", type=int_at_least(1), default=100, help="candidate pairs per triple")
+    add("--max-out-samples", type=int_at_least(1), default=4, help="pairs kept per triple, best direction first")
     add("--clip-threshold", type=float, default=0.2, help="min CLIP similarity of each image to its caption")
     add("--clip-dir-threshold", type=float, default=0.2, help="min CLIP direction similarity")
     add("--clip-img-threshold", type=float, default=0.7, help="min CLIP similarity of the two images")
@@ -186,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-cfg", type=float, default=15.0, help="see --min-cfg")
     add("--p2p-attention", choices=ATTENTION_KINDS, default="both",
         help="maps shared: self (as the original InstructPix2Pix code), cross (word-aligned), or both")  # fmt: skip
-    add("--steps", type=_positive_int, default=100, help="sampling steps")
+    add("--steps", type=int_at_least(1), default=100, help="sampling steps")
     add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
-    add("--resolution", type=_positive_int, default=512, help="side of the square images (pixels)")
-    add("--batch-size", type=_positive_int, default=1, help="candidates sampled at once (4x as many UNet samples)")
+    add("--resolution", type=int_at_least(1), default=512, help="side of the square images (pixels)")
+    add("--batch-size", type=int_at_least(1), default=1, help="candidates sampled at once (4x as many UNet samples)")
     add("--seed", type=int, default=0, help="the whole dataset's seed (every partition must use the same)")
-    add("--n-partitions", type=_positive_int, default=1, help="split the triples among this many runs")
+    add("--n-partitions", type=int_at_least(1), default=1, help="split the triples among this many runs")
     add("--partition", type=int, default=0, help="which partition this run does, 0 .. n-partitions - 1")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     add("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",

@@ -5,6 +5,7 @@ Torch-free on purpose: scripts import this before their arguments are checked, s
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -38,3 +39,16 @@ def run_cli(
     except KeyboardInterrupt:
         report_error(prog, interrupted)
         return EXIT_INTERRUPTED
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for integers >= `minimum`; a smaller value is a usage error naming it."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value" messages
+    return parse

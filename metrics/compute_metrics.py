@@ -55,7 +55,7 @@ from tqdm import tqdm  # noqa: E402
 
 import edit_cli  # noqa: E402
 from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions  # noqa: E402
-from ldm.cli import UsageError, run_cli  # noqa: E402
+from ldm.cli import UsageError, int_at_least, run_cli  # noqa: E402
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic  # noqa: E402
 
 if TYPE_CHECKING:
@@ -99,20 +99,6 @@ class Setting:
 
 
 # ---- arguments ----------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -133,15 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", required=True, help="InstructPix2Pix dataset folder (seeds.json) or dataset_creation/openmoji.py's")
     add("--split", choices=SPLIT_NAMES, default="test", help="which split to evaluate")
     add("--splits", type=float, nargs=3, default=DEFAULT_SPLITS, help="train/val/test fractions (seeds.json order)")
-    add("--num-samples", type=_positive_int, default=100, help="evaluate the first N entries of the split")
+    add("--num-samples", type=int_at_least(1), default=100, help="evaluate the first N entries of the split")
     add("--clip-model", default="ViT-L-14", help="open_clip model name (the paper: ViT-L-14) or a config .json")
     add("--clip-weights", required=True, help="local CLIP weights (open_clip state dict or OpenAI's ViT-L-14.pt)")
     add("--cfg-text", type=_finite, nargs="+", default=[7.5], help="text guidance scale(s)")
     add("--cfg-image", type=_finite, nargs="+", default=list(CFG_IMAGE_SWEEP), help="image guidance scales")
-    add("--steps", type=_positive_int, default=100, help="sampling steps")
+    add("--steps", type=int_at_least(1), default=100, help="sampling steps")
     add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
-    add("--resolution", type=_positive_int, default=512, help="longer side of the edited image (pixels)")
-    add("--seed", type=_non_negative_int, default=0, help="entry i of the split uses seed + i, in every setting")
+    add("--resolution", type=int_at_least(1), default=512, help="longer side of the edited image (pixels)")
+    add("--seed", type=int_at_least(0), default=0, help="entry i of the split uses seed + i, in every setting")
     add("--colorization", choices=("auto", "on", "off"), default="auto", help="colorization metrics (see --help)")
     add("--flat-color", help="hex color of the colorization flat baseline (default: the OpenMoji manifest's)")
     add("--out", required=True, help="folder for the tables, the plot and the edited images")

@@ -67,3 +67,17 @@ def test_a_script_exits_without_traceback_and_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stderr == "tool.py: error: bad --flag\n"
+
+
+def test_int_at_least_is_an_argparse_type_with_a_clear_message(capsys):
+    import argparse
+
+    from ldm.cli import int_at_least
+
+    parser = argparse.ArgumentParser(prog="x")
+    parser.add_argument("--steps", type=int_at_least(1))
+    assert parser.parse_args(["--steps", "3"]).steps == 3
+    for value, message in (("0", "must be at least 1, got 0"), ("two", "invalid int value: 'two'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--steps", value])
+        assert f"argument --steps: {message}" in capsys.readouterr().err
