@@ -63,6 +63,24 @@ def test_ciede2000_matches_sharma_reference_pairs():
     assert cm.ciede2000(lab1, lab1).max() == 0
 
 
+@pytest.mark.parametrize("ulps", [-4, 4])
+def test_ciede2000_hue_discontinuity_is_independent_of_arctan2_rounding(monkeypatch, ulps):
+    """Pairs 10 and 14 lie exactly on the 180-degree hue tie; a libm/SIMD arctan2 that rounds a few ulps
+    differently (as numpy's AVX-512 path does) must not flip the mean hue (4.8045 vs 4.7461)."""
+    exact = np.arctan2
+
+    def rounded_differently(y, x):
+        h = exact(y, x)
+        return h + ulps * np.spacing(np.abs(h))
+
+    monkeypatch.setattr(np, "arctan2", rounded_differently)
+    ties = [SHARMA[9], SHARMA[13], SHARMA[14]]  # pair 15 is 0.002 degrees past the tie: it must still shift
+    lab1, lab2 = np.array([p[0] for p in ties]), np.array([p[1] for p in ties])
+    expected = np.array([p[2] for p in ties])
+    np.testing.assert_allclose(cm.ciede2000(lab1, lab2), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(cm.ciede2000(lab2, lab1), expected, atol=1e-4, rtol=0)
+
+
 def test_srgb_to_lab_reference_values():
     lab = cm.srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]]))
     expected = [[100, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032], [32.2970, 79.1875, -107.8602]]
