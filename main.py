@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 # Child processes of multi-device runs re-execute this script; they read the run
 # directory and resume decision of rank 0 from these variables.
@@ -58,22 +57,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--logger", choices=["tensorboard", "csv", "wandb"], default=None,
                    help="default: tensorboard when installed, else csv")
     return p
-
-
-def load_configs(bases: list[str], overrides: list[str]) -> DictConfig:
-    """Merge YAML files in order, then `a.b.c=value` overrides."""
-    configs = []
-    for base in bases:
-        if not Path(base).is_file():
-            raise UserError(f"config file {base} does not exist")
-        try:
-            configs.append(OmegaConf.load(base))
-        except (OmegaConfBaseException, ValueError) as err:
-            raise UserError(f"config file {base} is not valid YAML ({err})") from err
-    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
-    if bad:
-        raise UserError(f"unrecognised argument {bad[0]!r}; overrides look like model.params.key=value")
-    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
 
 
 def has_loop_state(ckpt: Path) -> bool:
@@ -216,10 +199,10 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     import pytorch_lightning as pl
 
     from ldm.callbacks import AtomicCheckpointIO
-    from ldm.util import check_params, instantiate_from_config
+    from ldm.util import check_params, instantiate_from_config, load_config_files
 
     run_dir, resume_ckpt, saved, init_ckpt = resolve_run(opt)
-    config = load_configs(saved + list(opt.base), overrides)
+    config = load_config_files(saved + list(opt.base), overrides)
     if not opt.base and not saved:
         raise UserError("no config given; pass --base configs/<file>.yaml")
     pl.seed_everything(opt.seed, workers=True)

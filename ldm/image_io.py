@@ -12,8 +12,6 @@ it over the target, so a reader never sees a partial image and a failure leaves 
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import struct
 import warnings
 from fractions import Fraction
@@ -21,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ldm.io import atomic_writer
 
 WHITE = (255, 255, 255, 255)
 TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -122,23 +122,8 @@ def fit_to_stride(image: Image.Image, resolution: int, stride: int) -> Image.Ima
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> None:
-    """Write `image` to `path` in the format of its extension, creating parent folders.
-
-    The bytes go to a hidden temporary file in the same folder (same file system), flushed
-    to disk, then `os.replace`d onto `path`; on any failure the temporary file is removed.
-    """
-    path = Path(path)
+    """Write `image` to `path` in the format of its extension (`ldm.io.atomic_writer`: all or nothing)."""
     fmt = output_format(path)
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like a plain open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        image.save(f, format=fmt, **options)

@@ -13,12 +13,13 @@ import importlib
 import inspect
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,22 @@ def instantiate_from_config(config: Any, path: str = "config", **extra: Any) -> 
         raise ConfigError(f"{path}: {target} rejected its params ({err})") from err
     finally:
         _PARENT_PATH.reset(token)
+
+
+def load_config_files(bases: Sequence[str], overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge YAML files in order, then `a.b.c=value` overrides (main.py's and the scripts' --base)."""
+    configs = []
+    for base in bases:
+        if not Path(base).is_file():
+            raise ConfigError(f"config file {base} does not exist")
+        try:
+            configs.append(OmegaConf.load(base))
+        except (OmegaConfBaseException, ValueError) as err:
+            raise ConfigError(f"config file {base} is not valid YAML ({err})") from err
+    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        raise ConfigError(f"unrecognised argument {bad[0]!r}; overrides look like model.params.key=value")
+    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(list(overrides)))
 
 
 def count_params(model: Any) -> int:

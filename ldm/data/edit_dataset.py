@@ -72,9 +72,9 @@ def split_range(num_items: int, splits: Sequence[float], split: str) -> range:
 class PairedEditDataset(Dataset, abc.ABC):
     """Shared sample assembly: load a pair, transform it, skip or raise on unreadable files.
 
-    Subclasses implement `__len__` and `load_pair(index, generator) -> (input image, edited image,
-    instruction)`, drawing any random choice from `generator` and raising `UnreadableFileError`
-    for a file that cannot be read.
+    Subclasses implement `__len__` and `load_variant(index, variant) -> (input image, edited image,
+    instruction)`, raising `UnreadableFileError` for a file that cannot be read; one with several pairs
+    per sample also overrides `num_variants` and `load_pair`, which draws the variant from `generator`.
     """
 
     def __init__(
@@ -99,9 +99,20 @@ class PairedEditDataset(Dataset, abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    # Whether `load_pair` draws which variant of a sample to load (the first draw of its generator).
+    draws_variant = False
+
+    def num_variants(self, index: int) -> int:
+        """How many image pairs sample `index` has (InstructPix2Pix entries have one per seed)."""
+        return 1
+
     @abc.abstractmethod
+    def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
+        """(input image, edited image, instruction) of pair `variant` of sample `index`, before augmentation."""
+
     def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
         """(input image, edited image, instruction) of sample `index`, before augmentation."""
+        return self.load_variant(index, 0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         """Sample `item`: an `(index, seed)` pair, or an int index (seed drawn from torch's global RNG)."""
@@ -206,10 +217,18 @@ class EditDataset(PairedEditDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    draws_variant = True
+
+    def num_variants(self, index: int) -> int:
+        return len(self.entries[index][1])
+
     def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
+        return self.load_variant(index, int(torch.randint(self.num_variants(index), (), generator=generator)))
+
+    def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
         name, seeds = self.entries[index]
         folder = self.path / name
-        seed = seeds[int(torch.randint(len(seeds), (), generator=generator))]
+        seed = seeds[variant]
         prompt_file = folder / "prompt.json"
         try:
             instruction = json.loads(prompt_file.read_text())["edit"]
@@ -289,6 +308,6 @@ class PairsCSVDataset(PairedEditDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
+    def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
         input_path, edited_path, instruction = self.pairs[index]
         return load_rgb(input_path), load_rgb(edited_path), instruction

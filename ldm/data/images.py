@@ -73,6 +73,18 @@ class PairedTransform:
         self.crop_res = crop_res
         self.flip_prob = flip_prob
 
+    @property
+    def is_deterministic(self) -> bool:
+        """True when only the flip is random: one resize size and the crop is the whole resized image."""
+        return self.min_resize_res == self.max_resize_res == self.crop_res
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[int, int, int, bool]:
+        """The random choices of one call: (resize size, crop top, crop left, flip)."""
+        res = int(torch.randint(self.min_resize_res, self.max_resize_res + 1, (), generator=generator))
+        top, left = (int(torch.randint(res - self.crop_res + 1, (), generator=generator)) for _ in range(2))
+        flip = bool(torch.rand((), generator=generator) < self.flip_prob)
+        return res, top, left, flip
+
     def __call__(
         self, input_image: Image.Image, edited_image: Image.Image, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +92,7 @@ class PairedTransform:
 
         `generator=None` draws from torch's global RNG.
         """
-        res = int(torch.randint(self.min_resize_res, self.max_resize_res + 1, (), generator=generator))
-        top, left = (int(torch.randint(res - self.crop_res + 1, (), generator=generator)) for _ in range(2))
-        flip = bool(torch.rand((), generator=generator) < self.flip_prob)
+        res, top, left, flip = self.draw(generator)
         pair = torch.cat(
             [
                 to_signed_tensor(image.resize((res, res), Image.Resampling.LANCZOS))

@@ -18,14 +18,22 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, encoder_identity
 from ldm.models.diffusion.loading import init_from_ckpt
 from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss
 from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.util import ConfigError, config_path, instantiate_from_config
 
 Cond = dict[str, list[torch.Tensor]]
 log = logging.getLogger(__name__)
+
+
+def batch_size_of(batch: Mapping[str, Any], image_key: str) -> int:
+    """Items in a batch, cached (latent cache) or of images."""
+    cached = batch.get(CACHE_KEY)
+    return len(cached["target_mean"] if cached is not None else batch[image_key])
 
 
 class DiffusionWrapper(nn.Module):
@@ -167,6 +175,36 @@ class LatentDiffusion(pl.LightningModule):
         """Diffusion-space latent: a posterior sample times `scale_factor`."""
         return self.scale_factor * posterior.sample()
 
+    def target_posterior(self, batch: Mapping[str, Any]) -> DiagonalGaussianDistribution:
+        """Posterior over the target image's latents, (B, C, h, w): from the latent cache, else encoded."""
+        cached = batch.get(CACHE_KEY)
+        if cached is not None:
+            mean = cached["target_mean"].to(self.device).float()
+            logvar = 2 * torch.log(cached["target_std"].to(self.device).float())
+            return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+        image = batch[self.first_stage_key].to(memory_format=torch.contiguous_format).float()
+        return self.encode_first_stage(image.to(self.device))
+
+    def text_conditioning(self, batch: Mapping[str, Any], n: int | None = None) -> torch.Tensor:
+        """Text context (B, T, D) of the first n items: from the latent cache, else encoded."""
+        cached = batch.get(CACHE_KEY)
+        if cached is not None:
+            return cached["c_crossattn"][:n].to(self.device).float()
+        return self.get_learned_conditioning(list(batch[self.cond_stage_key])[:n])
+
+    def on_fit_start(self) -> None:
+        """Refuse a latent cache made with other encoders than this model's, before the first step."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        cached = {
+            name: dataset
+            for name, dataset in getattr(datamodule, "datasets", {}).items()
+            if isinstance(dataset, CachedEditDataset)
+        }
+        if cached:
+            mine = encoder_identity(self)
+            for name, dataset in cached.items():
+                check_identity(dataset.encoder_identity, mine, f"{datamodule.dataset_paths[name]}.params.path")
+
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion-space latent (B, 4, h, w) -> image (B, 3, 8h, 8w) in about [-1, 1]."""
@@ -174,10 +212,8 @@ class LatentDiffusion(pl.LightningModule):
 
     def get_input(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Cond]:
         """Batch -> (target latent (B, C, h, w), conditioning dict)."""
-        image = batch[self.first_stage_key].to(memory_format=torch.contiguous_format).float()
-        z = self.get_first_stage_encoding(self.encode_first_stage(image))
-        c = self.get_learned_conditioning(batch[self.cond_stage_key])
-        return z, {"c_crossattn": [c]}
+        z = self.get_first_stage_encoding(self.target_posterior(batch))
+        return z, {"c_crossattn": [self.text_conditioning(batch)]}
 
     # ---- diffusion ------------------------------------------------------------------------------
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -218,15 +254,14 @@ class LatentDiffusion(pl.LightningModule):
     def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         if not self.scale_by_std or self.global_step > 0 or self.trainer.ckpt_path is not None:
             return
-        image = batch[self.first_stage_key].to(self.device).float()
-        std = self.encode_first_stage(image).sample().flatten().std()
+        std = self.target_posterior(batch).sample().flatten().std()
         std = self.trainer.strategy.reduce(std, reduce_op="mean")
         self.scale_factor.fill_(1.0 / std.item())
         log.info("scale_by_std: scale_factor = %.5f", self.scale_factor.item())
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch)
-        batch_size = len(batch[self.first_stage_key])
+        batch_size = batch_size_of(batch, self.first_stage_key)
         self.log("train/loss_simple", loss, prog_bar=True, batch_size=batch_size)
         self.log("lr_abs", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
         return loss
@@ -242,7 +277,7 @@ class LatentDiffusion(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # Validation draws its noise and timesteps from its own seeded RNG: the numbers are
         # comparable across evaluations, and the training RNG stream is left untouched.
-        batch_size = len(batch[self.first_stage_key])
+        batch_size = batch_size_of(batch, self.first_stage_key)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_idx)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ldm.data.latent_cache import CACHE_KEY
 from ldm.models.diffusion import ddpm
 from ldm.models.diffusion.sampling import CFGDenoiser, denoiser, get_sigmas, sample
 from ldm.util import ConfigError, config_path
@@ -73,11 +74,18 @@ class LatentDiffusion(ddpm.LatentDiffusion):
         text = self.cond_stage_model.empty_embedding().to(image.dtype)
         return {"c_concat": [torch.zeros_like(image)], "c_crossattn": [text.expand(image.shape[0], -1, -1)]}
 
+    def edit_conditioning(self, batch: Mapping[str, Any], n: int | None = None) -> Cond:
+        """Conditioning of the first n items: cached latents and embeddings, else encoded from the batch."""
+        cached = batch.get(CACHE_KEY)
+        if cached is None:
+            edit = batch[self.cond_stage_key]
+            return self.encode_edit_conditioning(edit["c_concat"][:n], list(edit["c_crossattn"])[:n])
+        image_latent = cached["c_concat"][:n].to(self.device).float()
+        return {"c_concat": [image_latent], "c_crossattn": [self.text_conditioning(batch, n)]}
+
     def get_input(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Cond]:
-        edited = batch[self.first_stage_key].to(memory_format=torch.contiguous_format).float()
-        z = self.get_first_stage_encoding(self.encode_first_stage(edited))
-        edit = batch[self.cond_stage_key]
-        cond = self.encode_edit_conditioning(edit["c_concat"], list(edit["c_crossattn"]))
+        z = self.get_first_stage_encoding(self.target_posterior(batch))
+        cond = self.edit_conditioning(batch)
         if self.training:
             drop_text, drop_image = self.dropout_masks(z.shape[0])
             empty = self.cond_stage_model.empty_embedding().to(cond["c_crossattn"][0].dtype)
@@ -96,9 +104,14 @@ class LatentDiffusion(ddpm.LatentDiffusion):
         seed: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Input, target and an EMA sample (Euler, deterministic) for the first n items, each (n, 3, H, W)."""
-        edit = batch[self.cond_stage_key]
-        inputs = edit["c_concat"][:n].to(self.device).float()
-        cond = self.encode_edit_conditioning(inputs, list(edit["c_crossattn"][:n]))
+        cond = self.edit_conditioning(batch, n)
+        cached = batch.get(CACHE_KEY)
+        if cached is None:
+            inputs = batch[self.cond_stage_key]["c_concat"][:n].to(self.device).float()
+            target = batch[self.first_stage_key][:n].to(self.device).float()
+        else:  # the cache holds latents: show their decodings (input mode, target mean)
+            inputs = self.first_stage_model.decode(cond["c_concat"][0]).clamp(-1, 1)
+            target = self.first_stage_model.decode(cached["target_mean"][:n].to(self.device).float()).clamp(-1, 1)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         latent = cond["c_concat"][0]
         with self.ema_scope():
@@ -119,6 +132,6 @@ class LatentDiffusion(ddpm.LatentDiffusion):
             )
         return {
             "input": inputs,
-            "target": batch[self.first_stage_key][:n].to(self.device).float(),
+            "target": target,
             "sample": self.decode_first_stage(z).clamp(-1, 1),
         }
