@@ -190,3 +190,33 @@ def test_v_parameterization_target_and_sampling_denoiser_agree():
     model.apply_model = lambda x, timestep, cond: model.target(x0, timestep.round().long(), noise)  # oracle
     denoised = denoiser(model)(x_t / abar.sqrt()[:, None, None, None], sigma, cond={})
     torch.testing.assert_close(denoised, x0, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_min_snr_weighted_loss_matches_diffusers_training_script(parameterization):
+    """snr_gamma weights as diffusers' train_text_to_image / train_instruct_pix2pix: compute_snr, then
+    min(snr, gamma) / snr (epsilon) or / (snr + 1) (v_prediction), per-sample MSE times the weight."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    torch.manual_seed(0)
+    cfg = model_config(parameterization=parameterization, snr_gamma=5.0, use_ema=False)
+    model = instantiate_from_config(cfg, "model").eval()
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    cond = {"c_concat": [torch.randn(4, 4, 8, 8, generator=g)], "c_crossattn": [torch.randn(4, 77, 32, generator=g)]}
+    t = torch.tensor([0, 20, 300, 999])
+    ours = model.p_losses(x0, cond, t, noise)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    with torch.no_grad():
+        pred = model.apply_model(scheduler.add_noise(x0, noise, t), t, cond)
+    target = noise if parameterization == "eps" else scheduler.get_velocity(x0, noise, t)
+    snr = compute_snr(scheduler, t)
+    weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0]
+    weights = weights / snr if parameterization == "eps" else weights / (snr + 1)
+    theirs = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+    unweighted = instantiate_from_config(model_config(parameterization=parameterization, use_ema=False), "model")
+    unweighted.load_state_dict(model.state_dict())
+    assert not torch.allclose(unweighted.p_losses(x0, cond, t, noise), ours)  # the weighting changes the loss

@@ -20,7 +20,7 @@ from torch import nn
 
 from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, encoder_identity
 from ldm.models.diffusion.loading import init_from_ckpt
-from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss
+from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss, min_snr_weights
 from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
@@ -73,6 +73,7 @@ class LatentDiffusion(pl.LightningModule):
     `scale_by_std` it is instead set to 1 / std of the first training batch's latents (averaged
     over ranks) and saved in checkpoints as the buffer `scale_factor`: for autoencoders trained
     in this project, whose latent scale nobody measured.
+    `snr_gamma` weights each sample's loss by min-SNR-gamma (`losses.min_snr_weights`).
     `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
     loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
     weights become both the model and its EMA). `num_timesteps_cond` and `log_every_t` are
@@ -100,6 +101,7 @@ class LatentDiffusion(pl.LightningModule):
         conditioning_key: str | None = "crossattn",
         parameterization: str = "eps",
         loss_type: str = "l2",
+        snr_gamma: float | None = None,
         monitor: str | None = None,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
@@ -115,6 +117,8 @@ class LatentDiffusion(pl.LightningModule):
             raise ConfigError(f"{config_path('num_timesteps_cond')}: only 1 is supported")
         if parameterization not in ("eps", "v"):
             raise ConfigError(f"{config_path('parameterization')}: {parameterization!r} is not 'eps' or 'v'")
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ConfigError(f"{config_path('snr_gamma')}: must be > 0 (5 in Hang et al.), or null for no weighting")
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"{config_path('loss_type')}: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         self.num_timesteps = timesteps
@@ -122,6 +126,7 @@ class LatentDiffusion(pl.LightningModule):
         self.first_stage_key, self.cond_stage_key = first_stage_key, cond_stage_key
         self.image_size, self.channels = image_size, channels
         self.parameterization, self.loss_type = parameterization, loss_type
+        self.snr_gamma = snr_gamma
         self.monitor = monitor
         self.scale_by_std = scale_by_std
         if scale_by_std:
@@ -239,10 +244,14 @@ class LatentDiffusion(pl.LightningModule):
     def p_losses(
         self, x_start: torch.Tensor, cond: Cond, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Simple diffusion loss: mean over the batch of the per-sample loss between UNet output and target."""
+        """Mean over the batch of the per-sample loss between UNet output and target (min-SNR weighted
+        when `snr_gamma` is set)."""
         noise = torch.randn_like(x_start) if noise is None else noise
         output = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
-        return diffusion_loss(output, self.target(x_start, t, noise), self.loss_type).mean()
+        loss = diffusion_loss(output, self.target(x_start, t, noise), self.loss_type)  # (B,)
+        if self.snr_gamma is not None:
+            loss = loss * min_snr_weights(self.alphas_cumprod[t].float(), self.snr_gamma, self.parameterization)
+        return loss.mean()
 
     def shared_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
         z, cond = self.get_input(batch)
