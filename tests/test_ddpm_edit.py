@@ -220,3 +220,28 @@ def test_min_snr_weighted_loss_matches_diffusers_training_script(parameterizatio
     unweighted = instantiate_from_config(model_config(parameterization=parameterization, use_ema=False), "model")
     unweighted.load_state_dict(model.state_dict())
     assert not torch.allclose(unweighted.p_losses(x0, cond, t, noise), ours)  # the weighting changes the loss
+
+
+def test_zero_terminal_snr_schedule_matches_diffusers_and_samples():
+    """Lin et al. Algorithm 1 as diffusers' rescale_zero_terminal_snr, except the last abar, which is 2^-24
+    (diffusers' Euler schedulers use the same floor) so the k-diffusion samplers get a finite sigma_max."""
+    from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+    from ldm.models.diffusion.sampling import denoiser, get_sigmas, sample
+
+    torch.manual_seed(0)
+    model = instantiate_from_config(model_config(parameterization="v", zero_terminal_snr=True, use_ema=False), "model")
+    plain = instantiate_from_config(model_config(parameterization="v", use_ema=False), "model")
+    theirs = rescale_zero_terminal_snr(plain.betas.double())
+    torch.testing.assert_close(model.betas[:-1], theirs[:-1].float(), rtol=1e-5, atol=1e-8)
+    assert model.alphas_cumprod[-1].item() == pytest.approx(2**-24, rel=1e-4)
+    assert plain.sqrt_alphas_cumprod[-1] > 0.06 and model.sqrt_alphas_cumprod[-1] < 3e-4
+    torch.testing.assert_close(model.alphas_cumprod[0], plain.alphas_cumprod[0])
+    wrapped = denoiser(model.eval())
+    sigmas = get_sigmas(wrapped, 4)
+    assert sigmas[0].item() == pytest.approx(4096, rel=1e-3)
+    cond = {"c_concat": [torch.randn(1, 4, 8, 8)], "c_crossattn": [torch.randn(1, 77, 32)]}
+    out = sample(wrapped, torch.randn(1, 4, 8, 8) * sigmas[0], sigmas, "euler", extra_args={"cond": cond})
+    assert torch.isfinite(out).all() and out.abs().max() < 100
+    with pytest.raises(ConfigError, match="zero_terminal_snr: needs parameterization: v"):
+        instantiate_from_config(model_config(zero_terminal_snr=True), "model")

@@ -21,7 +21,7 @@ from torch import nn
 from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, encoder_identity
 from ldm.models.diffusion.loading import init_from_ckpt
 from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss, min_snr_weights
-from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule
+from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule, rescale_zero_terminal_snr
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.util import ConfigError, config_path, instantiate_from_config
@@ -73,6 +73,7 @@ class LatentDiffusion(pl.LightningModule):
     `scale_by_std` it is instead set to 1 / std of the first training batch's latents (averaged
     over ranks) and saved in checkpoints as the buffer `scale_factor`: for autoencoders trained
     in this project, whose latent scale nobody measured.
+    `zero_terminal_snr` rescales the schedule so x_T holds no image (`schedule.rescale_zero_terminal_snr`).
     `snr_gamma` weights each sample's loss by min-SNR-gamma (`losses.min_snr_weights`).
     `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
     loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
@@ -91,6 +92,7 @@ class LatentDiffusion(pl.LightningModule):
         linear_start: float = 1e-4,
         linear_end: float = 2e-2,
         cosine_s: float = 8e-3,
+        zero_terminal_snr: bool = False,
         num_timesteps_cond: int = 1,
         log_every_t: int = 100,
         first_stage_key: str = "image",
@@ -117,6 +119,10 @@ class LatentDiffusion(pl.LightningModule):
             raise ConfigError(f"{config_path('num_timesteps_cond')}: only 1 is supported")
         if parameterization not in ("eps", "v"):
             raise ConfigError(f"{config_path('parameterization')}: {parameterization!r} is not 'eps' or 'v'")
+        if zero_terminal_snr and parameterization != "v":
+            raise ConfigError(
+                f"{config_path('zero_terminal_snr')}: needs parameterization: v (eps is undefined at SNR 0)"
+            )
         if snr_gamma is not None and snr_gamma <= 0:
             raise ConfigError(f"{config_path('snr_gamma')}: must be > 0 (5 in Hang et al.), or null for no weighting")
         if loss_type not in LOSS_TYPES:
@@ -138,7 +144,8 @@ class LatentDiffusion(pl.LightningModule):
         self.learning_rate = 1e-4  # main.py sets base_learning_rate (optionally scaled) here
 
         self.model = DiffusionWrapper(unet_config, conditioning_key)
-        register_schedule(self, make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s))
+        betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        register_schedule(self, rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
         self.first_stage_model = self._frozen(instantiate_from_config(first_stage_config, "first_stage_config"))
         cond_stage = instantiate_from_config(cond_stage_config, "cond_stage_config")
         self.cond_stage_model = cond_stage if cond_stage_trainable else self._frozen(cond_stage)

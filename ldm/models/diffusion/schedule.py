@@ -54,6 +54,28 @@ def make_beta_schedule(
     return betas
 
 
+# abar at the last step of a zero-terminal-SNR schedule: 0 exactly would make sigma_max infinite in the
+# k-diffusion samplers; 2^-24 (sigma_max 4096) as diffusers' Euler schedulers use for rescaled schedules.
+TERMINAL_ALPHA_BAR = 2.0**-24
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose last step has (almost) zero SNR: Algorithm 1 of Lin et al. (2024), "Common Diffusion
+    Noise Schedules and Sample Steps are Flawed".
+
+    sqrt(abar) is shifted so its last value is 0 and scaled so its first value is unchanged; the last
+    abar is then raised to TERMINAL_ALPHA_BAR. Without this, SD's schedule leaves sqrt(abar_T) = 0.068
+    of the image in x_T, so training teaches the model to keep the mean color of its input noise, and
+    samples started from pure noise cannot pick the colors an instruction names.
+    """
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    abar = sqrt_abar**2
+    abar[-1] = TERMINAL_ALPHA_BAR
+    return 1.0 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+
+
 def schedule_tensors(betas: np.ndarray, v_posterior: float = 0.0) -> dict[str, torch.Tensor]:
     """All schedule buffers (float32, (T,)) derived from betas, computed in float64 first."""
     alphas = 1.0 - betas
