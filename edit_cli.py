@@ -54,7 +54,11 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 PROG = "edit_cli.py"
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CONFIG = ROOT / "configs" / "generate.yaml"
+DEFAULT_CONFIG = ROOT / "configs" / "openmoji" / "reference" / "generate.yaml"  # models/openmoji-64
+# Sampling settings a config's optional `edit_defaults` section may set for its model (a 64 px model
+# wants 64 px edits); a flag on the command line wins, else the config's value, else these (the
+# original InstructPix2Pix CLI's).
+EDIT_DEFAULTS = {"resolution": 512, "steps": 100, "sampler": "euler_a", "cfg_text": 7.5, "cfg_image": 1.5}
 # The keys of ldm.models.diffusion.sampling.SAMPLERS (listed here so --help needs no torch; a test compares).
 SAMPLER_NAMES = ("euler_a", "euler", "heun", "dpmpp_2m", "dpmpp_2s_a", "lms")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -105,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
     add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
-    add("--steps", type=int_at_least(1), default=100, help="sampling steps")
-    add("--resolution", type=int_at_least(1), default=512, help="longer side of the edited image (pixels)")
-    add("--cfg-text", type=float, default=7.5, help="text guidance scale: higher follows the instruction more")
-    add("--cfg-image", type=float, default=1.5, help="image guidance scale: higher stays closer to the input")
+    add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
+    add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
+    add("--cfg-text", type=float, help="text guidance scale: higher follows the instruction [7.5, or the config's]")
+    add("--cfg-image", type=float, help="image guidance scale: higher stays closer to the input [1.5, or the config's]")
     add("--seed", type=_seed, help="random seed (sample i of each input uses seed + i); random and printed if absent")
-    add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
+    add("--sampler", choices=SAMPLER_NAMES, help="k-diffusion sampler [euler_a, or the config's]")
     add("--karras", action="store_true", help="Karras et al. (2022) noise levels instead of evenly spaced timesteps")
     add("--num-samples", type=int_at_least(1), default=1, help="edits per input: out.png -> out_0.png, out_1.png, ...")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -253,8 +257,9 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
 
 
 # ---- model --------------------------------------------------------------------------------------
-def read_model_config(path: str | Path) -> dict[str, Any]:
-    """The `model` section of a YAML config as a plain dict, without `base_learning_rate`."""
+def read_model_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the `model` section of a YAML config as a plain dict without `base_learning_rate`, its sampling
+    defaults: EDIT_DEFAULTS updated by the config's `edit_defaults` section)."""
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -270,7 +275,13 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"--config {path}: no `model` section with target and params")
     model = dict(config["model"])
     model.pop("base_learning_rate", None)  # a training setting main.py reads
-    return model
+    defaults = dict(config.get("edit_defaults") or {})
+    unknown = sorted(set(defaults) - set(EDIT_DEFAULTS))
+    if unknown:
+        raise UsageError(f"--config {path}: edit_defaults.{unknown[0]} is not one of {', '.join(EDIT_DEFAULTS)}")
+    if defaults.get("sampler", "euler_a") not in SAMPLER_NAMES:
+        raise UsageError(f"--config {path}: edit_defaults.sampler {defaults['sampler']!r} is not a sampler name")
+    return model, {**EDIT_DEFAULTS, **defaults}
 
 
 def checkpoint_keys(path: str | Path) -> set[str]:
@@ -500,7 +511,10 @@ def _existing_file(flag: str, path: str | None) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     """Plan, check, then edit job by job; 0 if every job was written, else 1."""
     jobs, problems = plan_jobs(args)
-    model_config = read_model_config(args.config)
+    model_config, defaults = read_model_config(args.config)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     ckpt = _existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
     if ckpt is None:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")

@@ -438,7 +438,7 @@ def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerato
     from ldm.util import ConfigError
     from metrics.clip_similarity import ClipSimilarity
 
-    model_config = read_model_config(args.config)
+    model_config, _ = read_model_config(args.config)
     conditioning = (model_config.get("params") or {}).get("conditioning_key")
     if conditioning != "crossattn":
         raise UsageError(

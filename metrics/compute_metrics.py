@@ -381,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     _existing_file("--clip-weights", args.clip_weights)
     if args.clip_model.endswith(".json"):
         _existing_file("--clip-model", args.clip_model)
-    model_config = edit_cli.read_model_config(args.config)
+    model_config, _ = edit_cli.read_model_config(args.config)
     ckpt = _existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
     if ckpt is None:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")

@@ -1,6 +1,6 @@
 """Score an OpenMoji editing model on held-out test pairs, batched: the reference-model benchmark.
 
-    python scripts/eval_openmoji.py --ckpt models/openmoji-64/edit.safetensors --out outputs/eval/reference
+    python scripts/eval_openmoji.py --out outputs/eval/reference   # the reference model, all 1,400 test pairs
     python scripts/eval_openmoji.py --config configs/openmoji/generate.yaml \\
         --ckpt logs/openmoji-edit/checkpoints/last.ckpt --per-kind 12 --out outputs/eval/quick
 
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from metrics import colorization as cm
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/openmoji/generate.yaml", help="inference config of the model")
-    p.add_argument("--ckpt", required=True, help="editing checkpoint (.ckpt or .safetensors)")
+    p.add_argument("--config", default="configs/openmoji/reference/generate.yaml", help="the model's inference config")
+    p.add_argument("--ckpt", default="models/openmoji-64/edit.safetensors", help="editing checkpoint [the reference]")
     p.add_argument("--pairs", default="data/openmoji/test.csv")
     p.add_argument("--out", required=True)
     p.add_argument("--per-kind", type=int, default=None, help="the first N pairs of each kind [all pairs]")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on CPU with no downloads (what `make demo` runs):
-# OpenMoji sketch/color pairs -> KL autoencoder -> editing model -> edits of held-out sketches
-# -> grid and metrics. Each step reuses what earlier runs left (data, checkpoints); FRESH=1 starts over.
+# OpenMoji sketch/color pairs -> edits of held-out sketches by the shipped reference model
+# (models/openmoji-64) -> a fresh autoencoder and editing model trained here with main.py -> the
+# same edits by the fresh model -> one table and the grids. Each step reuses what earlier runs left
+# (data, checkpoints); FRESH=1 starts over.
 #
 # Environment (defaults in brackets; the tiny end-to-end test shrinks every stage with these):
 #   PY [.venv/bin/python]  DATA [data/openmoji]  LOGDIR [logs]  OUT [outputs/demo]
@@ -16,8 +18,7 @@ OUT=${OUT:-outputs/demo}
 PER_KIND=${PER_KIND:-24}
 AE_RUN=$LOGDIR/openmoji-autoencoder
 EDIT_RUN=$LOGDIR/openmoji-edit
-EDIT_ARGS=(--resolution 64 --steps "${SAMPLE_STEPS:-20}" --sampler euler --seed 0
-           --config configs/openmoji/generate.yaml --ckpt "$EDIT_RUN/checkpoints/last.ckpt")
+EVAL_ARGS=(--pairs "$DATA/test.csv" --per-kind "$PER_KIND" --fixed 3 --steps "${SAMPLE_STEPS:-20}")
 
 if [[ "${FRESH:-0}" == 1 ]]; then
   rm -rf "$DATA" "$AE_RUN" "$EDIT_RUN" "$OUT"
@@ -28,26 +29,22 @@ step() { printf '\n== [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 step "1/6 OpenMoji sketch/color pairs at 64 px ($DATA)"
 $PY dataset_creation/openmoji.py --out "$DATA" --size 64 ${LIMIT:+--limit "$LIMIT"}
 
-step "2/6 KL autoencoder (resumes, or skips when $AE_RUN is done)"
+step "2/6 the reference model (models/openmoji-64) edits held-out test sketches"
+$PY scripts/eval_openmoji.py "${EVAL_ARGS[@]}" --out "$OUT/reference"
+
+step "3/6 a fresh KL autoencoder (resumes, or skips when $AE_RUN is done)"
 $PY main.py --base configs/openmoji/autoencoder.yaml --train --name openmoji-autoencoder --logger csv \
   --logdir "$LOGDIR" ${AE_STEPS:+--max_steps "$AE_STEPS"} "data.params.train.params.path=$DATA/train"
 
-step "3/6 editing model (resumes, or skips when $EDIT_RUN is done)"
+step "4/6 a fresh editing model (resumes, or skips when $EDIT_RUN is done)"
 $PY main.py --base configs/openmoji/train.yaml --train --name openmoji-edit --logger csv \
   --logdir "$LOGDIR" ${EDIT_STEPS:+--max_steps "$EDIT_STEPS"} "data.params.train.params.path=$DATA/train" \
   "model.params.first_stage_config.params.ckpt_path=$AE_RUN/checkpoints/last.ckpt"
 
-step "4/6 edit held-out test sketches"
-rm -rf "$OUT/pred" "$OUT/pred_notext" "$OUT/fixed" "$OUT/autoencoder"
-$PY scripts/demo.py jobs --pairs "$DATA/test.csv" --out "$OUT" --per-kind "$PER_KIND"
-cat "$OUT/jobs.jsonl" "$OUT/jobs_notext.jsonl" "$OUT/jobs_fixed.jsonl" > "$OUT/jobs_all.jsonl"
-$PY edit_cli.py --input "$OUT/jobs_all.jsonl" "${EDIT_ARGS[@]}"
+step "5/6 the fresh model edits the same sketches"
+$PY scripts/eval_openmoji.py "${EVAL_ARGS[@]}" --out "$OUT/fresh" \
+  --config configs/openmoji/generate.yaml --ckpt "$EDIT_RUN/checkpoints/last.ckpt"
 
-step "5/6 metrics (model, instruction off, the autoencoder's ceiling, baselines)"
-$PY scripts/demo.py reconstruct --pairs "$DATA/test.csv" --out "$OUT" --ckpt "$AE_RUN/checkpoints/last.ckpt"
-$PY metrics/colorization.py --pairs "$DATA/test.csv" --allow-missing --pred-dir "model=$OUT/pred" \
-  --pred-dir "no_text=$OUT/pred_notext" --pred-dir "autoencoder=$OUT/autoencoder" --out "$OUT/metrics.json"
-
-step "6/6 grid"
-$PY scripts/demo.py grid --pairs "$DATA/test.csv" --out "$OUT"
-step "done: $OUT/grid.png, $OUT/metrics.json"
+step "6/6 table and grids"
+$PY scripts/demo.py --pairs "$DATA/test.csv" --out "$OUT" --runs reference fresh
+step "done: $OUT/grid.png (reference model), $OUT/fresh/grid.png, $OUT/metrics.json"

@@ -57,10 +57,10 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def weights_sha256(module: nn.Module) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of a module's state dict, in key order."""
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors, in key order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -71,7 +71,8 @@ def module_identity(module: nn.Module) -> dict[str, Any]:
     """What decides a frozen encoder's outputs: class, tokenizer settings (text encoders), weights."""
     settings = {name: getattr(module, name) for name in ("max_length", "layer") if hasattr(module, name)}
     cls = type(module)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "settings": settings, "sha256": weights_sha256(module)}
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    return {"class": name, "settings": settings, "sha256": weights_sha256(module.state_dict())}
 
 
 def encoder_identity(model: nn.Module) -> dict[str, Any]:
