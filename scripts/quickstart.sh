@@ -8,14 +8,14 @@
 # Environment (defaults in brackets; the tiny end-to-end test shrinks every stage with these):
 #   PY [.venv/bin/python]  DATA [data/openmoji]  LOGDIR [logs]  OUT [outputs/demo]
 #   LIMIT   only the first N emojis [all]        AE_STEPS, EDIT_STEPS   training steps [the configs']
-#   PER_KIND  test pairs edited per kind [24]    SAMPLE_STEPS  sampler steps per edit [20]
+#   PER_KIND  test pairs edited per kind [12]    SAMPLE_STEPS  sampler steps per edit [20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-data/openmoji}
 LOGDIR=${LOGDIR:-logs}
 OUT=${OUT:-outputs/demo}
-PER_KIND=${PER_KIND:-24}
+PER_KIND=${PER_KIND:-12}
 AE_RUN=$LOGDIR/openmoji-autoencoder
 EDIT_RUN=$LOGDIR/openmoji-edit
 EVAL_ARGS=(--pairs "$DATA/test.csv" --per-kind "$PER_KIND" --fixed 3 --steps "${SAMPLE_STEPS:-20}")

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from helpers import ROOT, make_edit_dataset
 from omegaconf import OmegaConf
 
+from ldm.data.latent_cache import encode_dataset
 from ldm.util import check_params, count_params, instantiate_from_config
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -70,11 +71,26 @@ def test_small_config_instantiates(path, tmp_path):
     model = build_model(config)
     assert count_params(model) > 0
     if "data" in config:
+        train = config["data"]["params"]["train"]
+        if train["target"] == "ldm.data.latent_cache.CachedEditDataset":  # encode the fixture with this model
+            train["params"]["path"] = str(tmp_path / "cache")
+            source = train["params"]["source"]
+            encode_dataset(model, instantiate_from_config(source, "source"), source, tmp_path / "cache")
         data = instantiate_from_config(config["data"], "data")
         data.setup("fit")
         batch = next(iter(data.train_dataloader()))
-        assert batch["edited"].shape[0] == config["data"]["params"]["batch_size"]
+        images = batch["cached"]["target_mean"] if "cached" in batch else batch["edited"]
+        assert images.shape[0] == config["data"]["params"]["batch_size"]
     check_lightning_section(config)
+
+
+def test_cached_config_differs_from_its_image_config_only_in_the_train_dataset():
+    plain = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "openmoji" / "train.yaml"))
+    cached = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "openmoji" / "train_cached.yaml"))
+    assert cached["data"]["params"]["train"]["params"]["source"] == plain["data"]["params"]["train"]
+    for config in (plain, cached):
+        del config["data"]["params"]["train"]
+    assert cached == plain
 
 
 @pytest.mark.slow
