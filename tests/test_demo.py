@@ -56,9 +56,10 @@ def test_quickstart_runs_every_stage(tmp_path):
         predictions = sorted(p.name for p in (out / run / "pred").glob("*.png"))
         assert predictions == sorted(p.name for p in (out / run / "pred_notext").glob("*.png"))
         assert len(predictions) == 3 and Image.open(out / run / "pred" / predictions[0]).size == (64, 64)
-        assert len(list((out / run / "fixed").glob("*.png"))) == 9  # 3 sketches x red, blue, green
+        fixed = len(list((out / run / "fixed").glob("*.png")))
+        assert fixed and fixed % 3 == 0  # up to 3 held-out sketches (40 emojis hold fewer) x red, blue, green
         grid = Image.open(out / run / "grid.png")
-        assert grid.height == 128 * (1 + 3 + 9)
+        assert grid.height == 128 * (1 + 3 + fixed)
     assert (out / "grid.png").read_bytes() == (out / "reference" / "grid.png").read_bytes()
 
     # the editing model was built on the autoencoder this run trained, not on the repository's logs/
