@@ -262,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     for message in INTENDED:
         warnings.filterwarnings("ignore", message=message)
     opt, overrides = get_parser().parse_known_args(argv)
-    sys.path.insert(0, os.getcwd())
     from ldm.models.diffusion.loading import CheckpointMismatchError
     from ldm.util import ConfigError
 

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dataset_creation import openmoji as om
+from dataset_creation.make_sketches import SketchSettings, make_sketch
+from metrics.colorization import Truth, line_mask, score
 
-from dataset_creation import openmoji as om  # noqa: E402
-from dataset_creation.make_sketches import SketchSettings, make_sketch  # noqa: E402
-from metrics.colorization import Truth, line_mask, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NEVER = -1.0  # a dark threshold no luma is below
 OFF = float("inf")  # an edge threshold no DoG value is below

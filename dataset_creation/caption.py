@@ -31,10 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python dataset_creation/caption.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.image_io import ImageInputError, image_extensions, load_image  # noqa: E402
+from ldm.image_io import ImageInputError, image_extensions, load_image
 
 PROG = "caption.py"
 MAX_PIXELS = 40_000_000

@@ -25,10 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python dataset_creation/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import UsageError, int_at_least, run_cli  # noqa: E402
+from ldm.cli import UsageError, int_at_least, run_cli
 
 PROG = "encode_dataset.py"
 

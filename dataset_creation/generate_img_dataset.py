@@ -70,14 +70,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # run as `python dataset_creation/generate_img_dataset.py`: import from the root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
+from tqdm import tqdm
 
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from dataset_creation.generate_txt_dataset import id_hash  # noqa: E402
-from edit_cli import (  # noqa: E402
+from dataset_creation.generate_txt_dataset import id_hash
+from edit_cli import (
     SAMPLER_NAMES,
     autocast_dtype,
     load_model,
@@ -85,7 +82,7 @@ from edit_cli import (  # noqa: E402
     pick_device,
     read_model_config,
 )
-from ldm.cli import UsageError, int_at_least, run_cli  # noqa: E402
+from ldm.cli import UsageError, int_at_least, run_cli
 
 if TYPE_CHECKING:
     import torch

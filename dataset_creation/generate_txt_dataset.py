@@ -60,11 +60,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python dataset_creation/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataset_creation import prepare_for_gpt  # noqa: E402
-from dataset_creation.llm_client import (  # noqa: E402
+from dataset_creation import prepare_for_gpt
+from dataset_creation.llm_client import (
     BackendError,
     EditTriple,
     LocalBackend,
@@ -76,7 +73,7 @@ from dataset_creation.llm_client import (  # noqa: E402
     parse_reply,
     triple_problem,
 )
-from ldm.cli import UsageError, run_cli  # noqa: E402
+from ldm.cli import UsageError, run_cli
 
 PROG = "generate_txt_dataset.py"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -33,14 +33,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python dataset_creation/make_sketches.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from dataset_creation.openmoji import luma  # noqa: E402
-from ldm.image_io import ImageInputError, image_extensions, load_image, save_image_atomic  # noqa: E402
+from dataset_creation.openmoji import luma
+from ldm.image_io import ImageInputError, image_extensions, load_image, save_image_atomic
 
 PROG = "make_sketches.py"
 DOG_RATIO = 1.6  # sigma of the wide Gaussian / sigma of the narrow one

@@ -26,10 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python dataset_creation/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import UsageError, run_cli  # noqa: E402
+from ldm.cli import UsageError, run_cli
 
 PROG = "prepare_dataset.py"
 IMAGE_SUFFIXES = (".jpg", ".png")

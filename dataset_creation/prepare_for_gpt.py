@@ -26,10 +26,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python dataset_creation/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataset_creation.llm_client import (  # noqa: E402
+from dataset_creation.llm_client import (
     SYSTEM_PROMPT,
     EditTriple,
     completion_prompt,
@@ -38,7 +35,7 @@ from dataset_creation.llm_client import (  # noqa: E402
     one_line,
     triple_problem,
 )
-from ldm.cli import UsageError, report_error, run_cli  # noqa: E402
+from ldm.cli import UsageError, report_error, run_cli
 
 PROG = "prepare_for_gpt.py"
 FIELDS = ("input", "edit", "output")

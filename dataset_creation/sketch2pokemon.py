@@ -70,13 +70,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python dataset_creation/sketch2pokemon.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ldm.image_io import DECODE_ERRORS, image_extensions, to_rgb  # noqa: E402
+from ldm.image_io import DECODE_ERRORS, image_extensions, to_rgb
 
 PROG = "sketch2pokemon.py"
 SPLITS = ("train", "val", "test")

@@ -44,13 +44,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python metrics/colorization.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from dataset_creation.openmoji import (  # noqa: E402
+from dataset_creation.openmoji import (
     PALETTE,
     color_name,
     hex_to_rgb,
@@ -59,7 +56,7 @@ from dataset_creation.openmoji import (  # noqa: E402
     normalize_hex,
     srgb_to_lab,
 )
-from ldm.data.images import load_rgb  # noqa: E402
+from ldm.data.images import load_rgb
 
 LINE_LUMA = 48.0
 BACKGROUND_MIN = 245  # a pixel whose channels are all >= this is background (white)

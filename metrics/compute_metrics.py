@@ -47,16 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # run as `python metrics/compute_metrics.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
+from tqdm import tqdm
 
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import edit_cli  # noqa: E402
-from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions  # noqa: E402
-from ldm.cli import UsageError, int_at_least, run_cli  # noqa: E402
-from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic  # noqa: E402
+import edit_cli
+from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions
+from ldm.cli import UsageError, int_at_least, run_cli
+from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
 
 if TYPE_CHECKING:
     import torch

@@ -22,13 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python scripts/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
 
 FIXED = ("red", "blue", "green")
 # Hue families in HSV (hue in degrees, half-open ranges), for pixels with saturation >= 0.3 and

@@ -18,13 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python scripts/<this>.py`: import from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ldm.cli import UsageError, run_cli  # noqa: E402
-from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS  # noqa: E402
+from ldm.cli import UsageError, run_cli
+from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
 
 PROG = "export_emaonly.py"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
