@@ -2,7 +2,7 @@
 
     python main.py --base configs/train.yaml --train --gpus 0,1,2,3 --name my_run
     python main.py --base configs/train.yaml --train --resume logs/my_run
-    python main.py --base a.yaml b.yaml --train model.params.base_learning_rate=5e-5
+    python main.py --base a.yaml b.yaml --train model.base_learning_rate=5e-5
 
 Configs are merged in order, then dotted overrides from the command line. A run lives in
 `<logdir>/<name>/` (configs/, checkpoints/, images/, logger files). Re-running with the
@@ -24,6 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.cli import ArgumentParser, UsageError, run_cli
+
 # Child processes of multi-device runs re-execute this script; they read the run
 # directory and resume decision of rank 0 from these variables.
 RUN_DIR_ENV = "SKETCH_P2P_RUN_DIR"
@@ -32,12 +34,8 @@ RESUME_ENV = "SKETCH_P2P_RESUME_CKPT"
 log = logging.getLogger("main")
 
 
-class UserError(Exception):
-    """A mistake in the command line, config or files: reported in one line, no traceback."""
-
-
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml", help="configs merged in order")
     p.add_argument("-t", "--train", action="store_true", help="train (otherwise validate once)")
     p.add_argument("-n", "--name", default="", help="run name; the run directory is <logdir>/<name>")
@@ -59,16 +57,6 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def has_loop_state(ckpt: Path) -> bool:
-    """True for Lightning training checkpoints, False for released weight-only checkpoints."""
-    import torch
-
-    if ckpt.suffix == ".safetensors":
-        return False
-    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    return isinstance(state, dict) and "loops" in state and "optimizer_states" in state
-
-
 def resolve_run(opt: argparse.Namespace) -> tuple[Path, Path | None, list[str], Path | None]:
     """(run dir, checkpoint to resume, saved configs to merge first, weights to initialise from)."""
     if os.environ.get(RUN_DIR_ENV):
@@ -78,12 +66,14 @@ def resolve_run(opt: argparse.Namespace) -> tuple[Path, Path | None, list[str], 
     if opt.resume:
         target = Path(opt.resume)
         if not target.exists():
-            raise UserError(f"--resume {target} does not exist; give a run directory or a .ckpt file")
+            raise UsageError(f"--resume {target} does not exist; give a run directory or a .ckpt file")
         if target.is_dir():
             ckpt = target / "checkpoints" / "last.ckpt"
             if not ckpt.is_file():
-                raise UserError(f"--resume {target} has no checkpoints/last.ckpt to resume from")
+                raise UsageError(f"--resume {target} has no checkpoints/last.ckpt to resume from")
             return target, ckpt, saved_configs(target), None
+        from ldm.checkpoint import has_loop_state
+
         if not has_loop_state(target):
             log.warning("%s holds weights but no training state: starting a new run initialised from it", target)
             return new_run_dir(opt), None, [], target
@@ -116,7 +106,7 @@ def trainer_kwargs(opt: argparse.Namespace, config: DictConfig) -> dict[str, Any
     if opt.gpus is not None:
         ids = [int(g) for g in str(opt.gpus).split(",") if g.strip()]
         if not ids:
-            raise UserError(f"--gpus {opt.gpus!r} names no GPU; use e.g. --gpus 0,1")
+            raise UsageError(f"--gpus {opt.gpus!r} names no GPU; use e.g. --gpus 0,1")
         kwargs.update(accelerator="gpu", devices=ids)
     if opt.devices is not None:
         devices = str(opt.devices)
@@ -137,18 +127,29 @@ def world_size(kwargs: dict[str, Any]) -> int:
     return max(n, 1) * kwargs.get("num_nodes", 1)
 
 
-def build_model(config: DictConfig, init_ckpt: Path | None) -> Any:
+def learning_rate(opt: argparse.Namespace, config: DictConfig, trainer_cfg: dict[str, Any]) -> float:
+    """`model.base_learning_rate`, times accumulate x devices x nodes x batch size with --scale_lr."""
+    lr = float(config.model.get("base_learning_rate", 1.0e-4))
+    if opt.scale_lr:
+        accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+        factor = accumulate * world_size(trainer_cfg) * config.data.params.batch_size
+        log.warning("learning rate %.3g = %d (accumulate x devices x batch) x base %.3g", lr * factor, factor, lr)
+        lr *= factor
+    return lr
+
+
+def build_model(config: DictConfig, init_ckpt: Path | None, lr: float) -> Any:
+    """The model of `config.model`, initialised from `init_ckpt` if given, training at learning rate `lr`."""
     from ldm.util import instantiate_from_config
 
-    if "model" not in config:
-        raise UserError("the config has no 'model' section")
     model_cfg = OmegaConf.to_container(config.model, resolve=True)
-    base_lr = model_cfg.pop("base_learning_rate", 1.0e-4)
+    model_cfg.pop("base_learning_rate", None)
+    params = model_cfg.setdefault("params", {})
+    if "learning_rate" in params:
+        raise UsageError("model.params.learning_rate: set model.base_learning_rate instead (--scale_lr scales it)")
     if init_ckpt is not None:
-        model_cfg.setdefault("params", {})["ckpt_path"] = str(init_ckpt)
-    model = instantiate_from_config(model_cfg, "model")
-    model.base_learning_rate = float(base_lr)
-    return model
+        params["ckpt_path"] = str(init_ckpt)
+    return instantiate_from_config(model_cfg, "model", learning_rate=lr)
 
 
 def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
@@ -204,22 +205,19 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     run_dir, resume_ckpt, saved, init_ckpt = resolve_run(opt)
     config = load_config_files(saved + list(opt.base), overrides)
     if not opt.base and not saved:
-        raise UserError("no config given; pass --base configs/<file>.yaml")
+        raise UsageError("no config given; pass --base configs/<file>.yaml")
     pl.seed_everything(opt.seed, workers=True)
 
     trainer_cfg = trainer_kwargs(opt, config)
     check_params(pl.Trainer, trainer_cfg, "lightning.trainer")
     if "data" not in config:
-        raise UserError("the config has no 'data' section")
+        raise UsageError("the config has no 'data' section")
+    if "model" not in config:
+        raise UsageError("the config has no 'model' section")
+    if not opt.train and "validation" not in config.data.get("params", {}):
+        raise UsageError("nothing to validate: the config sets no data.params.validation; pass --train to train")
     data = instantiate_from_config(config.data, "data")
-    model = build_model(config, init_ckpt)
-    lr = model.base_learning_rate
-    if opt.scale_lr:
-        accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
-        factor = accumulate * world_size(trainer_cfg) * config.data.params.batch_size
-        lr *= factor
-        log.warning("learning rate %.3g = %d (accumulate x devices x batch) x base %.3g", lr, factor, lr / factor)
-    model.learning_rate = lr
+    model = build_model(config, init_ckpt, learning_rate(opt, config, trainer_cfg))
 
     every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
     trainer_cfg.setdefault("max_steps", -1)
@@ -262,15 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     for message in INTENDED:
         warnings.filterwarnings("ignore", message=message)
     opt, overrides = get_parser().parse_known_args(argv)
-    from ldm.models.diffusion.loading import CheckpointMismatchError
-    from ldm.util import ConfigError
 
-    try:
+    def train_or_validate() -> int:
         run(opt, overrides)
-    except (UserError, ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
-        print(f"main.py: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    # config, checkpoint and file mistakes: one line, exit 2 (ldm.cli)
+    return run_cli("main.py", train_or_validate, user_errors=(FileNotFoundError,))
 
 
 if __name__ == "__main__":

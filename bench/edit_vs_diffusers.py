@@ -1,7 +1,7 @@
 """Benchmark one edit with edit_cli's code path against diffusers' InstructPix2Pix pipeline (CPU).
 
 Both pipelines hold the same tensors: our LatentDiffusion with random weights is exported
-with tests/diffusers_export.py (UNet and VAE assigned, not copied). One edit is what
+with ldm/diffusers_export.py (UNet and VAE assigned, not copied). One edit is what
 `edit_cli.py` does per input after loading: encode the instruction and the 256x256 input
 image, run `steps` Euler steps with three-way guidance (batch 3, scales 7.5 / 1.5), decode,
 convert to a PIL image. diffusers runs `StableDiffusionInstructPix2PixPipeline.__call__` with
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +33,12 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from unet_vs_diffusers import PeakRSS
 
+from ldm.diffusers_export import to_diffusers_pipeline
+from ldm.edit_settings import SamplingOptions
+from ldm.inference import ImageEditor
+from ldm.util import instantiate_from_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # edit_cli.py and the diffusers export helper
-
-from diffusers_export import to_diffusers_pipeline  # noqa: E402
-
-import edit_cli  # noqa: E402
-from ldm.util import instantiate_from_config  # noqa: E402
-
 CONFIGS = {"tiny": ROOT / "configs" / "tests" / "tiny_edit.yaml", "full": ROOT / "configs" / "generate.yaml"}
 STEPS = {"tiny": 20, "full": 10}
 DEFAULT_REPEATS = {"tiny": 3, "full": 1}
@@ -50,7 +47,7 @@ INSTRUCTION = "color it as a green dragon with red wings"
 CFG_TEXT, CFG_IMAGE = 7.5, 1.5
 
 
-def build(size: str) -> tuple[edit_cli.ImageEditor, object]:
+def build(size: str) -> tuple[ImageEditor, object]:
     """Our model (random weights, zero-initialised layers made non-zero) and diffusers' on the same tensors."""
     config = OmegaConf.to_container(OmegaConf.load(CONFIGS[size]).model, resolve=True)
     config.pop("base_learning_rate", None)
@@ -62,7 +59,7 @@ def build(size: str) -> tuple[edit_cli.ImageEditor, object]:
             if not p.any():
                 p.normal_(0.0, 0.02)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return edit_cli.ImageEditor(model, torch.device("cpu")), to_diffusers_pipeline(model, config, scheduler)
+    return ImageEditor(model, torch.device("cpu")), to_diffusers_pipeline(model, config, scheduler)
 
 
 def input_image() -> Image.Image:
@@ -72,13 +69,13 @@ def input_image() -> Image.Image:
 
 
 def edit_calls(
-    editor: edit_cli.ImageEditor, pipe: object, image: Image.Image, dtype: torch.dtype | None
+    editor: ImageEditor, pipe: object, image: Image.Image, dtype: torch.dtype | None
 ) -> dict[str, Callable[[int], Image.Image]]:
     """steps -> edited image, for our editor and for diffusers, in fp32 (dtype None) or autocast to `dtype`."""
-    ours_editor = edit_cli.ImageEditor(editor.model, torch.device("cpu"), dtype)
+    ours_editor = ImageEditor(editor.model, torch.device("cpu"), dtype)
 
     def ours(steps: int) -> Image.Image:
-        options = edit_cli.SamplingOptions(steps=steps, sampler="euler", cfg_text=CFG_TEXT, cfg_image=CFG_IMAGE)
+        options = SamplingOptions(steps=steps, sampler="euler", cfg_text=CFG_TEXT, cfg_image=CFG_IMAGE)
         return ours_editor.edit(image, INSTRUCTION, [0], options)[0]
 
     def diffusers(steps: int) -> Image.Image:

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_creation import openmoji as om
 from dataset_creation.make_sketches import SketchSettings, make_sketch
+from dataset_creation.openmoji.plan import sketch_is_visible
+from dataset_creation.openmoji.source import list_emojis, openmoji_svg_dir
+from dataset_creation.openmoji.svg import LINE_GROUP, line_only, parse_svg, render
 from metrics.colorization import Truth, line_mask, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,22 +45,22 @@ OFF = float("inf")  # an edge threshold no DoG value is below
 def without_line_group(root):
     out = copy.deepcopy(root)
     for child in list(out):
-        if child.get("id") == om.LINE_GROUP:
+        if child.get("id") == LINE_GROUP:
             out.remove(child)
     return out
 
 
 def render_sample(count: int, size: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(code, color render, fills-only render, line-group render), each (size, size, 3) uint8."""
-    svg_dir = om.openmoji_svg_dir()
-    codes = om.list_emojis(svg_dir)
+    svg_dir = openmoji_svg_dir()
+    codes = list_emojis(svg_dir)
     random.Random(0).shuffle(codes)
     sample = []
     for code in codes:
-        root = om.parse_svg((svg_dir / f"{code}.svg").read_text(encoding="utf-8"))
-        lines = om.render(om.line_only(root), size)
-        if om.sketch_is_visible(lines):
-            sample.append((code, om.render(root, size), om.render(without_line_group(root), size), lines))
+        root = parse_svg((svg_dir / f"{code}.svg").read_text(encoding="utf-8"))
+        lines = render(line_only(root), size)
+        if sketch_is_visible(lines):
+            sample.append((code, render(root, size), render(without_line_group(root), size), lines))
         if len(sample) == count:
             break
     return sample

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,13 +34,10 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from unet_vs_diffusers import SD15, PeakRSS
 
+from ldm.diffusers_export import to_diffusers_pipeline
+from ldm.util import instantiate_from_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the diffusers export helper shared with the parity tests
-
-from diffusers_export import to_diffusers_pipeline  # noqa: E402
-
-from ldm.util import instantiate_from_config  # noqa: E402
-
 TINY_CONFIG = ROOT / "configs" / "tests" / "tiny_edit.yaml"
 SHAPES = {"tiny": (8, 8, 32), "full": (2, 32, 768)}  # batch, latent side, context width
 DEFAULT_REPEATS = {"tiny": 10, "full": 2}

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ldm.cli import ArgumentParser, run_cli
 from ldm.image_io import ImageInputError, image_extensions, load_image
+from ldm.io import append_text_durable
 
 PROG = "caption.py"
 MAX_PIXELS = 40_000_000
@@ -97,12 +98,8 @@ def read_done(out_jsonl: Path) -> dict[str, dict[str, Any]]:
 
 
 def append_records(out_jsonl: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append records as JSON lines and flush them to disk (a crash loses at most the batch being written)."""
-    with out_jsonl.open("a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append records as JSON lines and fsync them (a crash loses at most the batch being written)."""
+    append_text_durable(out_jsonl, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -221,7 +218,7 @@ def caption_items(
 
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="local folder of a BLIP / BLIP-2 / InstructBLIP model")
     parser.add_argument("--images", required=True, help="folder of images (recursive) or a text file of paths")
     parser.add_argument("--out", required=True, help="JSONL file of captions (appended to; done images skipped)")
@@ -252,9 +249,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     return 1 if result["failed"] else 0
 
 
+def cli(argv: Iterable[str] | None = None) -> int:
+    """Console entry point: a ValueError or OSError (missing folder or model, bad file) is one line and exit 2."""
+    return run_cli(PROG, lambda: main(argv), user_errors=(ValueError, OSError))
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as err:  # missing folder or model, bad file: one line, no traceback
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

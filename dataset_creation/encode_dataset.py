@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ldm.cli import UsageError, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, int_at_least, run_cli
 
 PROG = "encode_dataset.py"
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", nargs="+", required=True, metavar="config.yaml", help="training configs, merged in order")
     p.add_argument("--out", help="cache folder (created; an interrupted cache here is resumed) [the config's, when "
                    "data.params.<split> is a CachedEditDataset]")  # fmt: skip
@@ -109,18 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
 
     def run() -> int:
-        from ldm.data.images import UnreadableFileError
-        from ldm.models.diffusion.loading import CheckpointMismatchError
-        from ldm.util import ConfigError
+        from ldm.image_io import ImageInputError
 
         try:
             return encode(args, overrides)
-        except (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
-            raise UsageError(str(err)) from err
-        except UnreadableFileError as err:
+        except ImageInputError as err:
             raise UsageError(f"{err}; fix or remove that pair and run again (finished shards are kept)") from err
 
-    return run_cli(PROG, run)
+    return run_cli(PROG, run, user_errors=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -59,10 +59,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import re
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -74,20 +72,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_creation.generate_txt_dataset import id_hash
-from edit_cli import (
-    SAMPLER_NAMES,
-    autocast_dtype,
-    load_model,
-    model_stride,
-    pick_device,
-    read_model_config,
-)
-from ldm.cli import UsageError, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
+from ldm.edit_settings import SAMPLERS, read_model_config
+from ldm.errors import UserError
+from ldm.io import atomic_folder, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
 
-    from metrics.clip_similarity import ClipSimilarity
+    from ldm.modules.encoders.clip_image import ClipSimilarity
 
 # `clip` (imported by k-diffusion) warns about pkg_resources on import; not the user's concern.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -152,7 +145,7 @@ class Candidate:
 
 # ---- arguments ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Sample Prompt-to-Prompt image pairs for edit triples and keep the CLIP-filtered best.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -177,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--p2p-attention", choices=ATTENTION_KINDS, default="both",
         help="maps shared: self (as the original InstructPix2Pix code), cross (word-aligned), or both")  # fmt: skip
     add("--steps", type=int_at_least(1), default=100, help="sampling steps")
-    add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
+    add("--sampler", choices=list(SAMPLERS), default="euler_a", help="k-diffusion sampler")
     add("--resolution", type=int_at_least(1), default=512, help="side of the square images (pixels)")
     add("--batch-size", type=int_at_least(1), default=1, help="candidates sampled at once (4x as many UNet samples)")
     add("--seed", type=int, default=0, help="the whole dataset's seed (every partition must use the same)")
@@ -376,19 +369,16 @@ class PairGenerator:
 
 # ---- output -------------------------------------------------------------------------------------
 def write_folder(out: Path, triple: Triple, kept: Sequence[Candidate]) -> None:
-    """Write the triple's folder under its `.partial` name, then rename it into place."""
-    temp = out / f".{triple.folder}{PARTIAL_SUFFIX}"
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir()
-    lines = []
-    for candidate in kept:
-        for which, image in enumerate(candidate.images):
-            image.save(temp / f"{candidate.seed}_{which}.jpg", quality=100)
-        lines.append(json.dumps(candidate.metadata()) + "\n")
-    (temp / "metadata.jsonl").write_text("".join(lines), encoding="utf-8")
-    (temp / "prompt.json").write_text(json.dumps(triple.record, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.rename(temp, out / triple.folder)
+    """Write the triple's folder under its `.partial` name, then rename it into place (`ldm.io.atomic_folder`:
+    a killed run's `.partial` folder is replaced, a failure removes it)."""
+    with atomic_folder(out / triple.folder, temp=out / f".{triple.folder}{PARTIAL_SUFFIX}") as temp:
+        lines = []
+        for candidate in kept:
+            for which, image in enumerate(candidate.images):
+                image.save(temp / f"{candidate.seed}_{which}.jpg", quality=100)
+            lines.append(json.dumps(candidate.metadata()) + "\n")
+        (temp / "metadata.jsonl").write_text("".join(lines), encoding="utf-8")
+        (temp / "prompt.json").write_text(json.dumps(triple.record, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def check_settings(out: Path, settings: Settings) -> None:
@@ -413,27 +403,14 @@ def check_settings(out: Path, settings: Settings) -> None:
 
 def save_settings(out: Path, settings: Settings) -> None:
     """Write <out>/generation.json atomically (partitions starting together write the same text)."""
-    temp = out / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
-    temp.write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, out / SETTINGS_FILE)
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(asdict(settings), indent=2) + "\n")
 
 
 # ---- running ------------------------------------------------------------------------------------
-def _existing_file(flag: str, path: str | None) -> Path | None:
-    if path is not None and not Path(path).is_file():
-        raise UsageError(f"{flag} {path}: no such file")
-    return None if path is None else Path(path)
-
-
 def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerator:
     """Device and precision (chosen once, here), the text-to-image model and CLIP; UsageError for any failure."""
-    import pickle
-
-    from safetensors import SafetensorError
-
-    from ldm.models.diffusion.loading import CheckpointMismatchError
-    from ldm.util import ConfigError
-    from metrics.clip_similarity import ClipSimilarity
+    from ldm.inference import autocast_dtype, load_model, model_stride, pick_device
+    from ldm.modules.encoders.clip_image import ClipSimilarity
 
     model_config, _ = read_model_config(args.config)
     conditioning = (model_config.get("params") or {}).get("conditioning_key")
@@ -442,23 +419,26 @@ def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerato
             f"--config {args.config}: not a text-to-image model (conditioning_key {conditioning!r}); "
             f"use a crossattn config such as {DEFAULT_CONFIG.relative_to(ROOT)}"
         )
-    ckpt = _existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
+    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
     if ckpt is None:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
-    _existing_file("--vae-ckpt", args.vae_ckpt)
-    clip_weights = _existing_file("--clip-weights", args.clip_weights)
-    device = pick_device(args.device)
-    dtype = autocast_dtype(args.precision, device)
+    existing_file("--vae-ckpt", args.vae_ckpt)
+    clip_weights = existing_file("--clip-weights", args.clip_weights)
+    try:
+        device = pick_device(args.device)
+        dtype = autocast_dtype(args.precision, device)
+    except ValueError as err:
+        raise UsageError(f"--device {args.device} --precision {args.precision}: {err}") from err
     try:
         clip = ClipSimilarity(args.clip_model, clip_weights)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise UsageError(f"cannot load CLIP {args.clip_model} from {clip_weights}: {err}") from err
     try:
         model = load_model(model_config, ckpt, args.vae_ckpt)
-    except (CheckpointMismatchError, ConfigError) as err:
-        raise UsageError(str(err)) from err
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, SafetensorError) as err:
-        raise UsageError(f"cannot load the model from {ckpt}: {err}") from err
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        raise UsageError(f"--ckpt {ckpt}: cannot load the model ({err})") from err
     stride = model_stride(model)
     if settings.resolution % stride:
         raise UsageError(f"--resolution {settings.resolution}: must be a multiple of {stride} for this model")

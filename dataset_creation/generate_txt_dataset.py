@@ -73,7 +73,7 @@ from dataset_creation.llm_client import (
     parse_reply,
     triple_problem,
 )
-from ldm.cli import UsageError, run_cli
+from ldm.cli import ArgumentParser, UsageError, run_cli
 
 PROG = "generate_txt_dataset.py"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -272,7 +272,7 @@ def generate(
 
 # ---- arguments ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     io_ = parser.add_argument_group("captions and output")
     io_.add_argument("--input", required=True, help="captions: a text file (one a line) or a .jsonl file")
     io_.add_argument("--output", required=True, help="JSONL file the triples are appended to (resumable)")
@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if stats.failed else 0
 
     interrupted = "interrupted (the lines written so far are kept; run again to go on)"
-    return run_cli(PROG, generate_and_summarize, errors=(UsageError, BackendError), interrupted=interrupted)
+    return run_cli(PROG, generate_and_summarize, failures=(BackendError,), interrupted=interrupted)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset_creation.openmoji import luma
+from dataset_creation.openmoji.colors import luma
+from ldm.cli import ArgumentParser, run_cli
 from ldm.image_io import ImageInputError, image_extensions, load_image, save_image_atomic
 
 PROG = "make_sketches.py"
@@ -130,7 +131,7 @@ def convert_folder(
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     defaults = SketchSettings()
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="folder of color images")
     parser.add_argument("--out", required=True, help="folder for the sketches (<stem>.png, created)")
     parser.add_argument("--dark-threshold", type=float, default=defaults.dark_threshold,
@@ -160,9 +161,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cli(argv: Iterable[str] | None = None) -> int:
+    """Console entry point: a ValueError or OSError (missing folder, bad setting, unwritable output) exits 2."""
+    return run_cli(PROG, lambda: main(argv), user_errors=(ValueError, OSError))
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as err:  # missing folder, bad setting, unwritable output: one line, no traceback
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -18,15 +18,14 @@ folder or no folder qualifies (then seeds.json is left as it was).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from ldm.cli import UsageError, run_cli
+from ldm.cli import ArgumentParser, UsageError, run_cli
+from ldm.io import write_text_atomic
 
 PROG = "prepare_dataset.py"
 IMAGE_SUFFIXES = (".jpg", ".png")
@@ -65,15 +64,6 @@ def scan(root: Path) -> tuple[list[list], Counter]:
     return entries, skipped
 
 
-def write_json_atomic(path: Path, value: object) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(json.dumps(value) + "\n", encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def run(root: Path) -> str:
     """Write root/seeds.json; returns the summary line."""
     if not root.is_dir():
@@ -81,7 +71,7 @@ def run(root: Path) -> str:
     entries, skipped = scan(root)
     if not entries:
         raise UsageError(f"{root}: no prompt folder has prompt.json and a complete pair; nothing to index")
-    write_json_atomic(root / "seeds.json", entries)
+    write_text_atomic(root / "seeds.json", json.dumps(entries) + "\n")
     for reason, count in sorted(skipped.items()):
         print(f"{PROG}: skipped {count} folder(s): {reason}", file=sys.stderr)
     pairs = sum(len(seeds) for _, seeds in entries)
@@ -89,7 +79,7 @@ def run(root: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Write seeds.json for a generated edit dataset.")
+    parser = ArgumentParser(prog=PROG, description="Write seeds.json for a generated edit dataset.")
     parser.add_argument("root", help="dataset folder (one sub-folder per prompt)")
     args = parser.parse_args(argv)
 

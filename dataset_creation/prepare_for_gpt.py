@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -35,7 +33,8 @@ from dataset_creation.llm_client import (
     one_line,
     triple_problem,
 )
-from ldm.cli import UsageError, report_error, run_cli
+from ldm.cli import ArgumentParser, UsageError, report_error, run_cli
+from ldm.io import atomic_text_writer
 
 PROG = "prepare_for_gpt.py"
 FIELDS = ("input", "edit", "output")
@@ -85,21 +84,14 @@ def chat_record(triple: EditTriple) -> dict[str, list[dict[str, str]]]:
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    """Write all records to a temporary file beside `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write all records as JSON lines to `path`, all or nothing (`ldm.io.atomic_text_writer`)."""
+    with atomic_text_writer(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="human-written JSONL: input, edit, output per line")
     parser.add_argument("--output", required=True, help="fine-tuning JSONL to write")
     parser.add_argument("--format", choices=("completion", "chat"), default="completion", help="record layout")

@@ -36,7 +36,7 @@ original caption.
 Split: pairs ranked by sha256(pair_id); the first round(5%) (at least one when there are three
 pairs or more) are val, the next as many test, the rest train (`--val-percent`, `--test-percent`).
 
-Layout written under `--out` (as dataset_creation/openmoji.py):
+Layout written under `--out` (as python -m dataset_creation.openmoji):
 
     manifest.json                  counts, matching report (unmatched names, distances), sources
     train.csv, val.csv, test.csv   pair_id, input_image, edited_image, edit, caption, split
@@ -61,7 +61,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import sys
@@ -73,7 +72,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ldm.image_io import DECODE_ERRORS, image_extensions, to_rgb
+from ldm.cli import ArgumentParser, run_cli
+from ldm.image_io import ImageInputError, decode_image, image_extensions, load_image
+from ldm.io import write_bytes_atomic
 
 PROG = "sketch2pokemon.py"
 SPLITS = ("train", "val", "test")
@@ -176,13 +177,12 @@ class Pair:
 
 
 def open_rgb(source: str | Path | bytes, name: str) -> Image.Image:
-    """Decode a file or bytes as RGB (alpha over white); UserError naming `name` if unreadable."""
+    """Decode a file or bytes with the model's loader (`ldm.image_io.load_image`: upright RGB, alpha over
+    white); UserError naming `name` if unreadable."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            image.load()
-            return to_rgb(image)
-    except (*DECODE_ERRORS, Image.DecompressionBombError) as err:
-        raise UserError(f"{name} is not a readable image ({err}); remove or replace it") from err
+        return decode_image(source, name) if isinstance(source, bytes) else load_image(source)
+    except ImageInputError as err:
+        raise UserError(f"{name}: {err.reason}; remove or replace it") from err
 
 
 def find_pair_folders(root: Path) -> tuple[Path, Path]:
@@ -346,13 +346,6 @@ def split_pairs(pair_ids: Sequence[str], val_percent: float, test_percent: float
     return {p: "val" if i < n_val else "test" if i < n_val + n_test else "train" for i, p in enumerate(ranked)}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
@@ -369,14 +362,14 @@ def write_pair(out: Path, split: str, pair: Pair, size: int | None) -> dict[str,
     sketch = sketch if sketch.size == target else sketch.resize(target, Image.Resampling.LANCZOS)
     edit = to_instruction(pair.caption or "", pair.pair_id)
     desc = describe(pair.caption or "")
-    atomic_write(folder / f"{SEED}_0.png", png_bytes(sketch))
-    atomic_write(folder / f"{SEED}_1.png", png_bytes(color))
+    write_bytes_atomic(folder / f"{SEED}_0.png", png_bytes(sketch))
+    write_bytes_atomic(folder / f"{SEED}_1.png", png_bytes(color))
     prompt = {
         "edit": edit, "input": f"a line drawing of {desc}", "output": pair.caption, "caption": pair.caption,
         "caption_source": pair.caption_source, "pair_id": pair.pair_id, "split": split,
         "sketch_file": pair.sketch.name, "color_file": pair.color.name, **pair.extra,
     }  # fmt: skip
-    atomic_write(folder / "prompt.json", (json.dumps(prompt, indent=1, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(folder / "prompt.json", (json.dumps(prompt, indent=1, ensure_ascii=False) + "\n").encode())
     return {
         "pair_id": pair.pair_id, "input_image": f"{split}/{pair.pair_id}/{SEED}_0.png",
         "edited_image": f"{split}/{pair.pair_id}/{SEED}_1.png", "edit": edit, "caption": pair.caption or "",
@@ -394,12 +387,12 @@ def write_indexes(out: Path, rows: list[dict[str, str]]) -> dict[str, Any]:
         split_rows = [r for r in rows if r["split"] == split]
         (out / split).mkdir(parents=True, exist_ok=True)
         seeds = [[r["pair_id"], [SEED]] for r in split_rows]
-        atomic_write(out / split / "seeds.json", (json.dumps(seeds) + "\n").encode())
+        write_bytes_atomic(out / split / "seeds.json", (json.dumps(seeds) + "\n").encode())
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(split_rows)
-        atomic_write(out / f"{split}.csv", buffer.getvalue().encode())
+        write_bytes_atomic(out / f"{split}.csv", buffer.getvalue().encode())
         fractions = [1.0 if s == split else 0.0 for s in SPLITS]
         splits[split] = {
             "pairs": len(split_rows), "csv": f"{split}.csv", "folder": split,
@@ -476,12 +469,12 @@ def build(options: BuildOptions) -> dict[str, Any]:
         "licenses": "Pokemon images: Nintendo / Creatures / Game Freak; captions (pokemon-blip-captions): "
         "CC BY-NC-SA 4.0, non-commercial use",
     }  # fmt: skip
-    atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
     return manifest
 
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--pairs-dir", type=Path, help="folder holding trainA/ (sketches) and trainB/ (colors)")
     parser.add_argument("--captions", type=Path, help="caption dataset: .parquet (image + en_text) or .csv")
@@ -521,9 +514,15 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
     return manifest
 
 
+def cli(argv: Iterable[str] | None = None) -> int:
+    """Console entry point: a ValueError or OSError (missing or unreadable sources, bad options) exits 2."""
+
+    def run() -> int:
+        main(argv)
+        return 0
+
+    return run_cli(PROG, run, user_errors=(ValueError, OSError))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:  # missing or unreadable sources, bad options: one line, no traceback
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -4,7 +4,6 @@ RNG state in checkpoints (exact resume), and atomic checkpoint writes."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 from pathlib import Path
@@ -17,25 +16,35 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from PIL import Image
 from torchvision.utils import make_grid
 
+from ldm.image_io import save_image_atomic
+from ldm.io import atomic_writer, remove_stale_temp_files
+
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it into place.
+    """Writes each checkpoint with `ldm.io.atomic_writer` (temporary file, fsync, rename).
 
-    A run killed mid-save (SIGKILL, node failure) leaves the previous checkpoint intact and
-    no truncated file under the final name.
+    A run killed mid-save (SIGKILL, node failure) leaves the previous checkpoint intact and no
+    truncated file under the final name, only a temporary `.<name>.<pid>.<hex>.tmp`: the first
+    save into a folder removes those of processes that are gone (`ldm.io.remove_stale_temp_files`).
+    Lightning calls this on global rank 0 only.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()  # folders already cleared of stale temporary files
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if path.parent not in self._swept:
+            for stale in remove_stale_temp_files(path.parent):
+                log.warning("removed %s, left by an interrupted checkpoint save", stale)
+            self._swept.add(path.parent)
+        with atomic_writer(path) as f:
+            torch.save(checkpoint, f)
 
 
 class RNGStateCallback(pl.Callback):
@@ -143,10 +152,8 @@ class ImageLogger(pl.Callback):
             images = pl_module.log_images(batch, n=self.max_images, **self.log_images_kwargs)
         pl_module.train(was_training)
         grid = to_uint8_grid(list(images.values()))
-        out_dir = Path(trainer.default_root_dir) / "images" / "train"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"step-{step:06d}.png"
-        Image.fromarray(grid).save(path)
+        path = Path(trainer.default_root_dir) / "images" / "train" / f"step-{step:06d}.png"
+        save_image_atomic(Image.fromarray(grid), path)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_image"):
             experiment.add_image("train/" + "|".join(images), grid, step, dataformats="HWC")

@@ -1,4 +1,9 @@
-"""Error reporting shared by the command-line scripts: a user's mistake is one stderr line, not a traceback.
+"""The one command-line convention of every entry point: a mistake is one stderr line, not a traceback.
+
+- `prog: error: <message>` on one line (`report_error`), for argparse's own errors too (`ArgumentParser`);
+- exit 2 for the user's mistakes (arguments, config, files: `ldm.errors.UserError` and what a
+  script names as such), 1 for runtime failures (a backend down, a full disk, failed jobs of a
+  batch), 130 for Ctrl-C.
 
 Torch-free on purpose: scripts import this before their arguments are checked, so `--help` stays fast.
 """
@@ -8,15 +13,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 from tqdm import tqdm
 
-EXIT_USAGE = 1
+from ldm.errors import UserError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # argparse's own status for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-class UsageError(Exception):
-    """A mistake in the arguments, files or environment; reported as one line, no traceback."""
+class UsageError(UserError):
+    """A mistake in the arguments, files or environment found by a script; reported as one line."""
 
 
 def report_error(prog: str, message: object) -> None:
@@ -27,18 +37,39 @@ def report_error(prog: str, message: object) -> None:
 def run_cli(
     prog: str,
     run: Callable[[], int],
-    errors: tuple[type[Exception], ...] = (UsageError,),
+    user_errors: tuple[type[Exception], ...] = (),
+    failures: tuple[type[Exception], ...] = (),
     interrupted: str = "interrupted",
 ) -> int:
-    """The exit status of `run()`; one of `errors` is reported and gives 1, Ctrl-C is reported and gives 130."""
+    """The exit status of `run()`; a `UserError` (or one of `user_errors`) is reported and gives 2,
+    one of `failures` is reported and gives 1, Ctrl-C is reported and gives 130. Anything else is
+    a bug and keeps its traceback."""
     try:
         return run()
-    except errors as err:
+    except (UserError, *user_errors) as err:
         report_error(prog, err)
         return EXIT_USAGE
+    except failures as err:
+        report_error(prog, err)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         report_error(prog, interrupted)
         return EXIT_INTERRUPTED
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the one-line error: `prog: error: <message> (see --help)`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        report_error(self.prog, f"{message} (see {self.prog} --help)")
+        sys.exit(EXIT_USAGE)
+
+
+def existing_file(flag: str, path: str | None) -> Path | None:
+    """`path` as a Path (None stays None); a UsageError naming `flag` if it is not a file."""
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    return None if path is None else Path(path)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

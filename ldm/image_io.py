@@ -1,21 +1,26 @@
-"""Reading user images for editing and writing results atomically (Pillow and NumPy only, no torch).
+"""Reading images for the model and writing results atomically (Pillow and NumPy only, no torch).
 
-`load_image` turns whatever a user passes into an upright 8-bit RGB image: EXIF orientation
-applied, transparency composited over white (line art is often black strokes on alpha),
-16-bit grayscale scaled to 8 bits, palette / CMYK / grayscale converted; files that are not
-images, are truncated, or are larger than a pixel limit raise `ImageInputError` with the
-reason. `fit_to_stride` resizes to the model's grid as the original InstructPix2Pix
-`edit_cli.py` did. `save_image_atomic` writes a temporary file beside the target and renames
-it over the target, so a reader never sees a partial image and a failure leaves nothing.
+`load_image` is the one image loader: training (`ldm.data`), inference (`edit_cli.py`), the
+metrics and the dataset tools all decode through it, so the model is trained on the pixels it
+is run on. It turns any file into an upright 8-bit RGB image: EXIF orientation applied,
+transparency composited over white (line art is often black strokes on alpha), 16-bit
+grayscale scaled to 8 bits, palette / CMYK / grayscale converted; files that are not images,
+are truncated, or are larger than a pixel limit raise `ImageInputError` with the reason
+(`decode_image` does the same for bytes in memory). `fit_to_stride` resizes to the model's
+grid as the original InstructPix2Pix `edit_cli.py` did. `save_image_atomic` writes a temporary
+file beside the target and renames it over the target, so a reader never sees a partial image
+and a failure leaves nothing.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import warnings
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -32,11 +37,13 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.
 
 
 class ImageInputError(ValueError):
-    """An input image cannot be used; the message names the file and the reason."""
+    """An input file (an image, or the prompt file of a training pair) cannot be used; the message
+    names the file and the reason (also kept apart: `path`, `reason`)."""
 
     def __init__(self, path: str | Path, reason: object) -> None:
         super().__init__(f"cannot use {path}: {reason}")
         self.path = Path(path)
+        self.reason = str(reason)
 
 
 def image_extensions() -> set[str]:
@@ -67,23 +74,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int) -> Image.Image:
-    """Decode `path` as upright 8-bit RGB; ImageInputError if unreadable or above `max_pixels`.
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode `path` as upright 8-bit RGB (`to_rgb` after the EXIF orientation); ImageInputError if
+    unreadable or above `max_pixels`.
 
     The size is checked from the header, before any pixel data is decoded. Pillow's own
-    decompression-bomb guard (about 179 megapixels) still applies above `max_pixels`.
+    decompression-bomb guard (about 179 megapixels) still applies above `max_pixels`, and is the
+    only limit when it is None (training data, written by our own tools).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(path, "no such file" if not path.exists() else "not a file")
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """`load_image` for an encoded image held in memory (a dataset cell); errors name `name`."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str | Path, max_pixels: int | None) -> Image.Image:
+    """The body of `load_image` and `decode_image`: open `source`, check, decode, convert."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
-            with Image.open(path) as image:
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            with Image.open(source) as image:
                 width, height = image.size
-                if width * height > max_pixels:
+                if max_pixels is not None and width * height > max_pixels:
                     raise ImageInputError(
-                        path,
+                        name,
                         f"{width}x{height} is {width * height / 1e6:.1f} megapixels, more than the limit of "
                         f"{max_pixels / 1e6:g} (raise it with --max-pixels)",
                     )
@@ -92,9 +112,9 @@ def load_image(path: str | Path, max_pixels: int) -> Image.Image:
     except ImageInputError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageInputError(path, err) from err
+        raise ImageInputError(name, err) from err
     except DECODE_ERRORS as err:
-        raise ImageInputError(path, f"not a readable image ({err})") from err
+        raise ImageInputError(name, f"not a readable image ({err})") from err
 
 
 def edit_size(width: int, height: int, resolution: int, stride: int) -> tuple[int, int]:

@@ -12,14 +12,14 @@ import contextvars
 import importlib
 import inspect
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from ldm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ _PARENT_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("config_path"
 
 # Takes any arguments; original inference configs use it as the autoencoder's "no loss".
 _PASSTHROUGH_TARGETS = {"torch.nn.Identity"}
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message names the config path."""
 
 
 def get_obj_from_str(path: str, config_path: str = "config") -> Any:
@@ -85,12 +81,25 @@ def accepted_params(cls: Any) -> tuple[dict[str, inspect.Parameter], bool]:
     return named, True
 
 
+# Keys of the original CompVis configs that did nothing here; refused with why, so no config implies otherwise.
+RETIRED_PARAMS = {
+    "log_every_t": "it set how often the original sampler kept intermediates, which nothing here records",
+    "monitor": "checkpoints are kept every N steps (lightning.checkpoint_every), not by a monitored metric",
+}
+
+
 def check_params(cls: Any, params: Mapping[str, Any], config_path: str) -> None:
     """Raise ConfigError if `params` names a keyword `cls` does not take or misses a required one."""
     named, accepts_any = accepted_params(cls)
     qualname = f"{cls.__module__}.{cls.__qualname__}"
     if not accepts_any:
         unknown = [k for k in params if k not in named]
+        retired = [k for k in unknown if k in RETIRED_PARAMS]
+        if retired:
+            raise ConfigError(
+                f"{config_path}.params.{retired[0]}: not used by this project ({RETIRED_PARAMS[retired[0]]}); "
+                "delete the line"
+            )
         if unknown:
             hint = ", ".join(sorted(named)) or "no parameters"
             raise ConfigError(
@@ -167,27 +176,3 @@ def load_config_files(bases: Sequence[str], overrides: Sequence[str] = ()) -> Di
 def count_params(model: Any) -> int:
     """Number of parameters of a torch module."""
     return sum(p.numel() for p in model.parameters())
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` holding `{"state_dict": ...}` or a bare state dict.
-
-    Pickled checkpoints are read with `weights_only=True`; some released SD checkpoints also
-    pickle Lightning callback objects, and only those files fall back to a full unpickle (with a
-    warning: load such files only from sources you trust).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (ckpt_path or --ckpt)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        log.warning("%s holds pickled objects besides tensors; loading it fully (%s)", path, err)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
-    return dict(checkpoint)

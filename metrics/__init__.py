@@ -1,1 +1,2 @@
-"""Evaluation scripts (run as `python metrics/<script>.py`)."""
+"""Evaluation: an installed package whose modules are also scripts (`python metrics/<script>.py`,
+`python -m metrics.<script>`, or the `sp2p-colorization` / `sp2p-compute-metrics` commands)."""

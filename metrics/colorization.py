@@ -3,7 +3,7 @@
 Per pair (prediction P, ground truth G, input I, all RGB; P is resized to G's size if needed):
 - palette accuracy: over G's *filled* pixels, the share where P's nearest palette color equals
   G's nearest palette color (nearest = Euclidean CIELAB over the 28 OpenMoji palette colors of
-  `dataset_creation.openmoji.PALETTE`, white and black included).
+  `dataset_creation.openmoji.colors.PALETTE`, white and black included).
 - CIEDE2000: mean color difference P vs G over the same filled pixels (Sharma et al. 2005).
 - line IoU: intersection over union of the dark-line masks of P and G (1.0 when both are empty).
 - PSNR: over the whole image, 0..255 scale, capped at 100 dB (identical images).
@@ -18,7 +18,7 @@ Aggregates are means over pairs, per kind and over all pairs ("all"); palette ac
 CIEDE2000 skip pairs without filled pixels (counted in `pairs_without_fill`).
 
 Methods: every `--pred-dir` (predictions named `<pair_id>.png`, `pair_id` being the CSV column
-written by `dataset_creation/openmoji.py`) and two baselines computed here:
+written by `python -m dataset_creation.openmoji`) and two baselines computed here:
 - input_unchanged: P = I.
 - flat_fill: P = I, with every pixel of G's filled mask that is not line in I painted the
   training set's most common fill color (the manifest's `most_common_fill`, or `--flat-color`).
@@ -34,7 +34,6 @@ writes the JSON (aggregates, settings, per-pair scores), a CSV of the aggregate 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dataset_creation.openmoji import (
+from dataset_creation.openmoji.colors import (
     PALETTE,
     color_name,
     hex_to_rgb,
@@ -56,7 +55,9 @@ from dataset_creation.openmoji import (
     normalize_hex,
     srgb_to_lab,
 )
-from ldm.data.images import load_rgb
+from ldm.cli import ArgumentParser, run_cli
+from ldm.image_io import load_image
+from ldm.io import write_files_atomic
 
 LINE_LUMA = 48.0
 BACKGROUND_MIN = 245  # a pixel whose channels are all >= this is background (white)
@@ -65,6 +66,8 @@ PSNR_CAP = 100.0
 HUE_TIE = 1e-9  # degrees; float64 hue rounding is ~1e-13, the nearest Sharma pair off the tie is 2e-3 away
 METRICS = ("palette_accuracy", "ciede2000", "line_iou", "psnr")
 BASELINES = ("input_unchanged", "flat_fill")
+
+PROG = "colorization.py"
 
 
 def ciede2000(lab1: np.ndarray | Sequence, lab2: np.ndarray | Sequence) -> np.ndarray:
@@ -180,7 +183,7 @@ def flat_fill(input_image: np.ndarray, truth: Truth, rgb: Sequence[int]) -> np.n
 
 def _load(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
     """RGB array of an image (alpha over white), resized (bicubic) to `size` = (W, H) if it differs."""
-    image = load_rgb(path)
+    image = load_image(path)
     resized = size is not None and image.size != size
     if resized:
         image = image.resize(size, Image.BICUBIC)
@@ -338,16 +341,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_report(report: Mapping[str, Any], out_json: str | Path) -> Path:
-    """Write the JSON report (NaN -> null) and the aggregate table as CSV beside it; returns the CSV path."""
+    """Write the JSON report (NaN -> null) and the aggregate table as CSV beside it; returns the CSV path.
+
+    Both are written together (`ldm.io.write_files_atomic`): the CSV is renamed into place first,
+    the JSON last, and a failure before that leaves both files as they were.
+    """
     out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(_json_safe(dict(report)), indent=1) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table_rows(report))
     out_csv = out_json.with_suffix(".csv")
-    out_csv.write_text(buffer.getvalue())
+    report_text = json.dumps(_json_safe(dict(report)), indent=1) + "\n"
+    write_files_atomic({out_csv: buffer.getvalue().encode("utf-8"), out_json: report_text.encode("utf-8")})
     return out_csv
 
 
@@ -366,7 +372,7 @@ def parse_pred_dirs(values: Iterable[str]) -> dict[str, Path]:
 
 
 def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="colorization.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", required=True, help="pairs CSV (e.g. data/openmoji/test.csv)")
     parser.add_argument(
         "--pred-dir", action="append", default=[], help="predictions <pair_id>.png: DIR or NAME=DIR, repeatable"
@@ -398,9 +404,15 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def cli(argv: Iterable[str] | None = None) -> int:
+    """Console entry point: a ValueError or OSError (bad CSV, missing predictions or folders) is one line and exit 2."""
+
+    def run() -> int:
+        main(argv)
+        return 0
+
+    return run_cli(PROG, run, user_errors=(ValueError, OSError))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:  # bad CSV, missing predictions or folders: one line, no traceback
-        print(f"colorization.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -6,7 +6,7 @@
 Each test input is edited with its instruction once per guidance setting (text guidance
 `--cfg-text`, default 7.5; image guidance `--cfg-image`, default 1.0, 1.2, ..., 2.2, the sweep of
 the paper's figure), with the same seed per input across settings, through `edit_cli.py`'s
-editor. CLIP (`metrics/clip_similarity.py`; the paper used OpenAI's ViT-L/14, whose weights
+editor. CLIP (`ldm/modules/encoders/clip_image.py`; the paper used OpenAI's ViT-L/14, whose weights
 must be a local file) then scores every edit against its input and captions:
 - clip_direction: cos(CLIP(output) - CLIP(input), CLIP(output caption) - CLIP(input caption));
 - clip_image: cos(CLIP(input), CLIP(output)), how much of the input survived;
@@ -16,7 +16,7 @@ More image guidance moves the points up (closer to the input) and left (less of 
 Data (`--data`): an InstructPix2Pix dataset folder (seeds.json, <prompt_dir>/prompt.json with
 "edit", "input" and "output" captions, {seed}_0 / {seed}_1 images; split by position with
 `--splits`, as EditDataset does, first seed of each entry) or the output folder of
-`dataset_creation/openmoji.py` (its `<split>/` folder is used whole). CLIP direction needs both
+`python -m dataset_creation.openmoji` (its `<split>/` folder is used whole). CLIP direction needs both
 captions, so a prompt.json without them is an error. The first `--num-samples` entries of the
 split are evaluated.
 
@@ -39,8 +39,6 @@ import csv
 import io
 import json
 import math
-import os
-import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,15 +48,16 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
-import edit_cli
-from edit_cli import PRECISIONS, SAMPLER_NAMES, SamplingOptions
-from ldm.cli import UsageError, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
+from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
+from ldm.io import write_bytes_atomic
 
 if TYPE_CHECKING:
     import torch
 
-    from metrics.clip_similarity import ClipSimilarity
+    from ldm.inference import ImageEditor
+    from ldm.modules.encoders.clip_image import ClipSimilarity
 
 PROG = "compute_metrics.py"
 CFG_IMAGE_SWEEP = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # the image guidance values of the paper's figure
@@ -104,16 +103,16 @@ def _finite(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="CLIP image vs direction similarity of an editing checkpoint over a guidance sweep.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--config", default=str(edit_cli.DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
+    add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
     add("--ckpt", help="editing model weights; required unless the config sets model.params.ckpt_path")
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
-    add("--data", required=True, help="InstructPix2Pix dataset folder (seeds.json) or dataset_creation/openmoji.py's")
+    add("--data", required=True, help="InstructPix2Pix dataset folder (seeds.json) or dataset_creation.openmoji's")
     add("--split", choices=SPLIT_NAMES, default="test", help="which split to evaluate")
     add("--splits", type=float, nargs=3, default=DEFAULT_SPLITS, help="train/val/test fractions (seeds.json order)")
     add("--num-samples", type=int_at_least(1), default=100, help="evaluate the first N entries of the split")
@@ -122,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cfg-text", type=_finite, nargs="+", default=[7.5], help="text guidance scale(s)")
     add("--cfg-image", type=_finite, nargs="+", default=list(CFG_IMAGE_SWEEP), help="image guidance scales")
     add("--steps", type=int_at_least(1), default=100, help="sampling steps")
-    add("--sampler", choices=SAMPLER_NAMES, default="euler_a", help="k-diffusion sampler")
+    add("--sampler", choices=list(SAMPLERS), default="euler_a", help="k-diffusion sampler")
     add("--resolution", type=int_at_least(1), default=512, help="longer side of the edited image (pixels)")
     add("--seed", type=int_at_least(0), default=0, help="entry i of the split uses seed + i, in every setting")
     add("--colorization", choices=("auto", "on", "off"), default="auto", help="colorization metrics (see --help)")
@@ -162,7 +161,7 @@ def dataset_folder(data: Path, split: str, splits: Sequence[float]) -> tuple[Pat
         return data / split, [1.0 if name == split else 0.0 for name in SPLIT_NAMES]
     raise UsageError(
         f"--data {data}: no seeds.json in it or in {data / split}; give an InstructPix2Pix dataset folder "
-        "or the output folder of dataset_creation/openmoji.py"
+        "or the output folder of python -m dataset_creation.openmoji"
     )
 
 
@@ -196,7 +195,7 @@ def read_eval_pairs(data: Path, split: str, splits: Sequence[float], num_samples
 
 def colorization_flat_color(args: argparse.Namespace, data: Path) -> str | None:
     """The flat baseline's color when colorization metrics run, else None (see the module doc)."""
-    from dataset_creation.openmoji import normalize_hex
+    from dataset_creation.openmoji.colors import normalize_hex
     from metrics.colorization import default_flat_color
 
     if args.colorization == "off":
@@ -211,24 +210,12 @@ def colorization_flat_color(args: argparse.Namespace, data: Path) -> str | None:
         if args.colorization == "auto":
             return None
         raise UsageError(
-            f"--colorization on: {data} is not a dataset_creation/openmoji.py build with a manifest.json; "
+            f"--colorization on: {data} is not a dataset_creation.openmoji build with a manifest.json; "
             "pass --flat-color for the flat baseline"
         ) from err
 
 
 # ---- outputs ------------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def csv_bytes(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -268,20 +255,13 @@ def write_colorization(pairs: Sequence[EvalPair], settings: Sequence[Setting], f
     columns = ("pair_id", "input_image", "edited_image", "kind")
     rows = [dict(zip(columns, (p.pair_id, p.input.resolve(), p.target.resolve(), p.kind), strict=True)) for p in pairs]
     pairs_csv = out / "colorization_pairs.csv"
-    write_atomic(pairs_csv, csv_bytes(rows, columns))
+    write_bytes_atomic(pairs_csv, csv_bytes(rows, columns))
     pred_dirs = {s.name: out / "edits" / s.name for s in settings}
     try:
         report = evaluate(pairs_csv, pred_dirs, flat_color=flat_color)
     except (ValueError, OSError) as err:
         raise UsageError(f"colorization metrics: {err}") from err
-    temp = out / f".colorization.{secrets.token_hex(4)}.json"  # write_report puts its CSV beside: renamed after
-    try:
-        temp_csv = write_report(report, temp)
-        os.replace(temp_csv, out / "colorization.csv")
-        os.replace(temp, out / "colorization.json")
-    finally:
-        temp.unlink(missing_ok=True)
-        temp.with_suffix(".csv").unlink(missing_ok=True)
+    write_report(report, out / "colorization.json")  # and colorization.csv beside it, atomically
     return format_table(report)
 
 
@@ -294,14 +274,8 @@ def to_unit_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
 
 
-def _existing_file(flag: str, path: str | None) -> Path | None:
-    if path is not None and not Path(path).is_file():
-        raise UsageError(f"{flag} {path}: no such file")
-    return None if path is None else Path(path)
-
-
 def load_clip(args: argparse.Namespace, device: torch.device) -> ClipSimilarity:
-    from metrics.clip_similarity import ClipSimilarity
+    from ldm.modules.encoders.clip_image import ClipSimilarity
 
     try:
         return ClipSimilarity(args.clip_model, args.clip_weights).to(device)
@@ -312,7 +286,7 @@ def load_clip(args: argparse.Namespace, device: torch.device) -> ClipSimilarity:
 
 
 def evaluate_pairs(
-    editor: edit_cli.ImageEditor,
+    editor: ImageEditor,
     clip: ClipSimilarity,
     pairs: Sequence[EvalPair],
     settings: Sequence[Setting],
@@ -375,30 +349,32 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: is a file; give a folder")
     if not math.isclose(sum(args.splits), 1.0, abs_tol=1e-6) or min(args.splits) < 0:
         raise UsageError(f"--splits {' '.join(map(str, args.splits))}: give three non-negative fractions summing to 1")
-    _existing_file("--clip-weights", args.clip_weights)
+    existing_file("--clip-weights", args.clip_weights)
     if args.clip_model.endswith(".json"):
-        _existing_file("--clip-model", args.clip_model)
-    model_config, _ = edit_cli.read_model_config(args.config)
-    ckpt = _existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
+        existing_file("--clip-model", args.clip_model)
+    model_config, _ = read_model_config(args.config)
+    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
     if ckpt is None:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
-    _existing_file("--vae-ckpt", args.vae_ckpt)
+    existing_file("--vae-ckpt", args.vae_ckpt)
     data = Path(args.data)
     pairs = read_eval_pairs(data, args.split, args.splits, args.num_samples)
     flat_color = colorization_flat_color(args, data)
     settings = settings_of(args)
 
-    editor = edit_cli.load_editor(args, model_config, ckpt)  # device and precision chosen here, once
+    from ldm.inference import load_editor
+
+    editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision)  # device, precision: once
     clip = load_clip(args, editor.device)
     per_sample = evaluate_pairs(editor, clip, pairs, settings, args, out)
     summary = summarize(per_sample, settings)
 
-    write_atomic(out / "clip_metrics.csv", csv_bytes(summary, SUMMARY_COLUMNS))
-    write_atomic(out / "clip_per_sample.csv", csv_bytes(per_sample, SAMPLE_COLUMNS))
+    write_bytes_atomic(out / "clip_metrics.csv", csv_bytes(summary, SUMMARY_COLUMNS))
+    write_bytes_atomic(out / "clip_per_sample.csv", csv_bytes(per_sample, SAMPLE_COLUMNS))
     title = f"{ckpt.name}: guidance sweep on {len(pairs)} {args.split} edits"
-    write_atomic(out / "clip_metrics.png", plot_png(summary, title))
+    write_bytes_atomic(out / "clip_metrics.png", plot_png(summary, title))
     recorded = {**vars(args), "device": str(editor.device), "pairs": len(pairs)}
-    write_atomic(out / "settings.json", (json.dumps(recorded, indent=1) + "\n").encode())
+    write_bytes_atomic(out / "settings.json", (json.dumps(recorded, indent=1) + "\n").encode())
     print(format_summary(summary))
     if flat_color is None:
         print("colorization metrics: skipped (not an OpenMoji build; --flat-color or --colorization on to run them)")

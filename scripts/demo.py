@@ -13,12 +13,13 @@ also `<out>/grid.png`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ldm.cli import ArgumentParser
 
 CELL = 128  # pixels per image in the grid
 TEXT_WIDTH = 320
@@ -114,7 +115,7 @@ def table(out: Path, runs: list[str]) -> tuple[list[dict], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", nargs="+", required=True, help="eval_openmoji.py folders under --out")

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
+
+from ldm.cli import ArgumentParser, existing_file, int_at_least, run_cli
+from ldm.edit_settings import DEFAULT_CONFIG, read_model_config
 
 FIXED = ("red", "blue", "green")
 # Hue families in HSV (hue in degrees, half-open ranges), for pixels with saturation >= 0.3 and
@@ -47,39 +49,29 @@ def in_family(rgb: np.ndarray, family: str) -> np.ndarray:
     return ok & ranges
 
 
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in about [-1, 1] -> (H, W, 3) uint8."""
-    return ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 class BatchEditor:
     """Three-way-guided Euler edits of many images at once."""
 
     def __init__(self, model, steps: int, cfg_text: float, cfg_image: float, seed: int) -> None:
-        from ldm.models.diffusion.sampling import CFGDenoiser, denoiser, get_sigmas
+        from ldm.models.diffusion.sampling import denoiser, get_sigmas
 
         self.model = model
         self.wrapped = denoiser(model)
-        self.cfg = CFGDenoiser(self.wrapped)
         self.sigmas = get_sigmas(self.wrapped, steps)
         self.cfg_text, self.cfg_image, self.seed = cfg_text, cfg_image, seed
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, texts: list[str], cfg_text: float | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] and instructions -> edited images (B, 3, H, W)."""
-        from ldm.models.diffusion.sampling import sample
+        from ldm.models.diffusion.sampling import sample_edit
 
         cond = self.model.encode_edit_conditioning(images, texts)
         shape = cond["c_concat"][0].shape[1:]
         noise = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(self.seed))
                            for _ in texts])  # fmt: skip
-        extra = {
-            "cond": cond,
-            "uncond": self.model.unconditional(cond),
-            "text_cfg_scale": self.cfg_text if cfg_text is None else cfg_text,
-            "image_cfg_scale": self.cfg_image,
-        }
-        z = sample(self.cfg, noise * self.sigmas[0], self.sigmas, "euler", extra_args=extra)
+        uncond = self.model.unconditional(cond)
+        cfg_text = self.cfg_text if cfg_text is None else cfg_text
+        z = sample_edit(self.wrapped, cond, uncond, noise, self.sigmas, "euler", cfg_text, self.cfg_image)
         return self.model.decode_first_stage(z)
 
 
@@ -96,30 +88,39 @@ def chosen_pairs(rows: list[dict[str, str]], per_kind: int | None) -> list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edit_cli import load_model
-    from ldm.data.images import load_rgb, to_signed_tensor
-    from ldm.image_io import save_image_atomic
-    from metrics import colorization as cm
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/openmoji/reference/generate.yaml", help="the model's inference config")
+    p = ArgumentParser(
+        prog="eval_openmoji.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model's inference config")
     p.add_argument("--ckpt", default="models/openmoji-64/edit.safetensors", help="editing checkpoint [the reference]")
     p.add_argument("--pairs", default="data/openmoji/test.csv")
     p.add_argument("--out", required=True)
-    p.add_argument("--per-kind", type=int, default=None, help="the first N pairs of each kind [all pairs]")
-    p.add_argument("--fixed", type=int, default=10, help="held-out sketches for make it red/blue/green")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--per-kind", type=int_at_least(1), default=None, help="the first N pairs of each kind [all pairs]")
+    p.add_argument("--fixed", type=int_at_least(0), default=10, help="held-out sketches for make it red/blue/green")
+    p.add_argument("--steps", type=int_at_least(1), default=20)
     p.add_argument("--cfg-text", type=float, default=7.5)
     p.add_argument("--cfg-image", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--batch", type=int_at_least(1), default=64)
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
+    return run_cli("eval_openmoji.py", lambda: evaluate(args))
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Edit the chosen pairs, score them, write `--out`; 0 when done."""
+    from ldm.data.images import to_signed_tensor
+    from ldm.image_io import load_image, save_image_atomic
+    from ldm.inference import load_model, to_image
+    from metrics import colorization as cm
+
+    existing_file("--pairs", args.pairs)
+    existing_file("--ckpt", args.ckpt)
+    config, _ = read_model_config(args.config)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     pairs_csv, out = Path(args.pairs), Path(args.out)
-    config = OmegaConf.to_container(OmegaConf.load(args.config).model, resolve=True)
     model = load_model(config, args.ckpt)
     editor = BatchEditor(model, args.steps, args.cfg_text, args.cfg_image, args.seed)
     all_rows = cm.read_pairs(pairs_csv)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     root = pairs_csv.parent
 
     def images_of(batch_rows: list[dict[str, str]], column: str) -> torch.Tensor:
-        return torch.stack([to_signed_tensor(load_rgb(root / r[column])) for r in batch_rows])
+        return torch.stack([to_signed_tensor(load_image(root / r[column])) for r in batch_rows])
 
     edits = 0
     for i in range(0, len(rows), args.batch):
@@ -135,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         inputs, texts = images_of(batch, "input_image"), [r["edit"] for r in batch]
         for folder, cfg_text in (("pred", None), ("pred_notext", 0.0)):
             for row, x in zip(batch, editor(inputs, texts, cfg_text), strict=True):
-                save_image_atomic(Image.fromarray(to_pixels(x)), out / folder / f"{row['pair_id']}.png")
+                save_image_atomic(to_image(x), out / folder / f"{row['pair_id']}.png")
             edits += len(batch)
         with torch.inference_mode():
             autoencoder = model.first_stage_model
             recon = autoencoder.decode(autoencoder.encode(images_of(batch, "edited_image")).mode())
         for row, x in zip(batch, recon, strict=True):
-            save_image_atomic(Image.fromarray(to_pixels(x)), out / "autoencoder" / f"{row['pair_id']}.png")
+            save_image_atomic(to_image(x), out / "autoencoder" / f"{row['pair_id']}.png")
         print(f"  {min(i + args.batch, len(rows))}/{len(rows)} pairs, {time.perf_counter() - start:.0f} s", flush=True)
     # make it red / blue / green on held-out sketches (one per emoji, recolor pairs: input = the sketch)
     seen, sketches = set(), []
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             results = editor(inputs, [f"make it {color}"] * len(sketches))
             shares = []
             for row, x in zip(sketches, results, strict=True):
-                pixels = to_pixels(x)
+                pixels = np.asarray(to_image(x))
                 save_image_atomic(Image.fromarray(pixels), out / "fixed" / f"{row['pair_id']}_{color}.png")
-                mask = cm.filled_mask(np.asarray(load_rgb(root / row["edited_image"])))
+                mask = cm.filled_mask(np.asarray(load_image(root / row["edited_image"])))
                 shares.append(float(in_family(pixels[mask], color).mean()) if mask.any() else float("nan"))
             edits += len(sketches)
             hue[color] = {"mean_share": float(np.nanmean(shares)), "per_sketch": dict(zip(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.cli import UsageError, run_cli
+from ldm.cli import ArgumentParser, UsageError, run_cli
 from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
 
 PROG = "export_emaonly.py"
@@ -55,7 +55,7 @@ def emaonly_state(state: dict[str, torch.Tensor], drop: tuple[str, ...], dtype: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint with model_ema.*")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     def export() -> int:
         from safetensors.torch import save
 
+        from ldm.checkpoint import read_checkpoint
         from ldm.data.latent_cache import weights_sha256
         from ldm.io import write_bytes_atomic
 
         if not Path(args.ckpt).is_file():
             raise UsageError(f"--ckpt {args.ckpt} does not exist")
-        checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(args.ckpt)
         state = checkpoint.get("state_dict", checkpoint)
         drop = tuple(args.drop)
         out = emaonly_state(state, drop, DTYPES[args.dtype])

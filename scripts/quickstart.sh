@@ -27,7 +27,7 @@ start=$SECONDS
 step() { printf '\n== [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
 step "1/6 OpenMoji sketch/color pairs at 64 px ($DATA)"
-$PY dataset_creation/openmoji.py --out "$DATA" --size 64 ${LIMIT:+--limit "$LIMIT"}
+$PY -m dataset_creation.openmoji --out "$DATA" --size 64 ${LIMIT:+--limit "$LIMIT"}
 
 step "2/6 the reference model (models/openmoji-64) edits held-out test sketches"
 $PY scripts/eval_openmoji.py "${EVAL_ARGS[@]}" --out "$OUT/reference"

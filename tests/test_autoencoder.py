@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from ldm.checkpoint import CheckpointMismatchError
 from ldm.models.autoencoder import AutoencoderKL
-from ldm.models.diffusion.loading import CheckpointMismatchError
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.losses.contperceptual import LPIPSWithDiscriminator
 from ldm.util import ConfigError, instantiate_from_config
@@ -222,7 +222,7 @@ def reconstruction_error(model: AutoencoderKL) -> float:
 def test_trains_with_discriminator_after_disc_start():
     pl.seed_everything(0)
     lossconfig = loss_config(disc_start=2, kl_weight=1e-6, rec_loss="l1", disc_weight=0.5, disc_num_layers=2)
-    model = AutoencoderKL(ddconfig=tiny_ddconfig(), lossconfig=lossconfig, embed_dim=4, base_learning_rate=1e-3)
+    model = AutoencoderKL(ddconfig=tiny_ddconfig(), lossconfig=lossconfig, embed_dim=4, learning_rate=1e-3)
     before = reconstruction_error(model)
     history = fit(model, batches=8, optimizers=2).rows
     assert reconstruction_error(model) < 0.8 * before
@@ -243,7 +243,7 @@ def test_trains_with_discriminator_after_disc_start():
 def test_trains_l2_without_discriminator():
     pl.seed_everything(0)
     lossconfig = loss_config(kl_weight=1e-6, rec_loss="l2")
-    model = AutoencoderKL(ddconfig=tiny_ddconfig(), lossconfig=lossconfig, embed_dim=4, base_learning_rate=1e-3)
+    model = AutoencoderKL(ddconfig=tiny_ddconfig(), lossconfig=lossconfig, embed_dim=4, learning_rate=1e-3)
     assert model.loss.discriminator is None
     before = reconstruction_error(model)
     history = fit(model, batches=8, optimizers=1).rows
@@ -341,12 +341,12 @@ def test_init_from_ckpt_is_strict(tmp_path):
 
     extra = dict(state, **{"first_stage_model.encoder.conv_extra.weight": torch.zeros(1)})
     torch.save(extra, tmp_path / "extra.ckpt")
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \['encoder\.conv_extra\.weight'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys: 1 \(encoder\.conv_extra\.weight\)"):
         copy.deepcopy(model).init_from_ckpt(tmp_path / "extra.ckpt")
 
     fewer = {k: v for k, v in state.items() if not k.startswith("first_stage_model.decoder.conv_out.")}
     torch.save(fewer, tmp_path / "fewer.ckpt")
-    missing = r"missing keys \['decoder\.conv_out\.bias', 'decoder\.conv_out\.weight'\]"
+    missing = r"missing keys: 2 \(decoder\.conv_out\.weight, decoder\.conv_out\.bias\)"
     with pytest.raises(CheckpointMismatchError, match=missing):
         copy.deepcopy(model).init_from_ckpt(tmp_path / "fewer.ckpt")
     copy.deepcopy(model).init_from_ckpt(tmp_path / "fewer.ckpt", ignore_keys=["decoder.conv_out"])

@@ -2,6 +2,8 @@
 
 import io
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +40,18 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
         io_plugin.save_checkpoint({"bad": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_first_save_into_a_folder_removes_temp_files_of_killed_saves(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # a writer that is gone, as after a SIGKILL mid-save
+    stale = tmp_path / f".step-000010.ckpt.{child.pid}.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    io_plugin = AtomicCheckpointIO()
+    io_plugin.save_checkpoint({"step": 20}, tmp_path / "step-000020.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000020.ckpt"]
+    with pytest.raises(TypeError, match="storage_options"):
+        io_plugin.save_checkpoint({"step": 21}, tmp_path / "last.ckpt", storage_options={"a": 1})
 
 
 def test_grid_layout():

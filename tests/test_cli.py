@@ -36,8 +36,8 @@ def test_run_cli_returns_the_status_of_run(capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
-def test_a_usage_error_is_reported_and_exits_1(capsys) -> None:
-    assert run_cli("tool.py", raising(UsageError("--steps 0:\nmust be positive"))) == 1
+def test_a_usage_error_is_reported_and_exits_2(capsys) -> None:
+    assert run_cli("tool.py", raising(UsageError("--steps 0:\nmust be positive"))) == 2
     assert capsys.readouterr().err == "tool.py: error: --steps 0: must be positive\n"
 
 
@@ -48,9 +48,16 @@ def test_ctrl_c_is_reported_and_exits_130(capsys) -> None:
     assert capsys.readouterr().err == "tool.py: error: interrupted (run again)\n"
 
 
-def test_only_the_named_errors_are_caught(capsys) -> None:
-    assert run_cli("tool.py", raising(ConnectionError("refused")), errors=(UsageError, ConnectionError)) == 1
+def test_user_errors_exit_2_failures_exit_1_and_nothing_else_is_caught(capsys) -> None:
+    from ldm.errors import CheckpointMismatchError, ConfigError
+
+    assert run_cli("tool.py", raising(ConnectionError("refused")), failures=(ConnectionError,)) == 1
     assert capsys.readouterr().err == "tool.py: error: refused\n"
+    assert run_cli("tool.py", raising(OSError("no such folder")), user_errors=(OSError,)) == 2
+    assert capsys.readouterr().err == "tool.py: error: no such folder\n"
+    for error in (ConfigError("model.params.x: bad"), CheckpointMismatchError("a.ckpt: missing keys")):
+        assert run_cli("tool.py", raising(error)) == 2  # library errors a user causes: always one line
+        assert capsys.readouterr().err == f"tool.py: error: {error}\n"
     with pytest.raises(ValueError, match="a bug"):  # anything else is a bug: its traceback is wanted
         run_cli("tool.py", raising(ValueError("a bug")))
 
@@ -65,8 +72,22 @@ def test_a_script_exits_without_traceback_and_without_torch() -> None:
         "sys.exit(run_cli('tool.py', run))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stderr == "tool.py: error: bad --flag\n"
+
+
+def test_argument_errors_are_one_line_and_exit_2(capsys) -> None:
+    from ldm.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="tool.py")
+    parser.add_argument("--steps", type=int, required=True)
+    for argv, message in (([], "the following arguments are required: --steps"), (["--steps", "x"], "invalid int")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("tool.py: error: ") and message in err
+        assert err.rstrip().endswith("(see tool.py --help)")
 
 
 def test_int_at_least_is_an_argparse_type_with_a_clear_message(capsys):

@@ -1,4 +1,4 @@
-"""metrics/clip_similarity.py: the four similarities against a hand computation, the direction math on
+"""ldm/modules/encoders/clip_image.py: the four similarities against a hand computation, the direction math on
 known vectors, weights loading (open_clip state dict, safetensors, TorchScript archive) and clear errors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from clip_fixtures import TINY_CLIP_CONFIG, write_tiny_clip
 from safetensors.torch import save_file
 
-from metrics.clip_similarity import ClipSimilarity, direction_similarity
+from ldm.modules.encoders.clip_image import ClipSimilarity, direction_similarity
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from helpers import ROOT, TINY_CONFIG, make_edit_dataset, tiny_model
 from omegaconf import OmegaConf
 from PIL import Image
 
+from ldm.modules.encoders.clip_image import ClipSimilarity
 from metrics import compute_metrics
-from metrics.clip_similarity import ClipSimilarity
 
 CFG_IMAGE = ("1.0", "2.0")
 
@@ -105,7 +105,7 @@ def test_sweep_writes_tables_plot_and_edits(files, tmp_path, capsys) -> None:
 
 
 def test_openmoji_layout_uses_the_split_folder_and_its_manifest(files, tmp_path) -> None:
-    """dataset_creation/openmoji.py writes <out>/<split>/seeds.json (whole split) and manifest.json."""
+    """python -m dataset_creation.openmoji writes <out>/<split>/seeds.json (whole split) and manifest.json."""
     root = tmp_path / "openmoji"
     add_captions(make_edit_dataset(root / "test", n=3))
     (root / "manifest.json").write_text(json.dumps({"most_common_fill": {"hex": "#FCEA2B"}}))
@@ -130,7 +130,7 @@ def test_bad_inputs_give_one_line(files, tmp_path, capsys) -> None:
         args = list(base)
         for flag, value in zip(replace[::2], replace[1::2], strict=True):
             args[args.index(flag) + 1] = value
-        assert compute_metrics.main([*args, *extra]) == 1
+        assert compute_metrics.main([*args, *extra]) == 2
         return one_error_line(capsys)
 
     assert "no such folder" in error("--data", str(tmp_path / "nothing"))
@@ -163,6 +163,6 @@ def test_script_entry_point(files, tmp_path) -> None:
         [sys.executable, str(ROOT / "metrics" / "compute_metrics.py"), *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = f"compute_metrics.py: error: --data {tmp_path / 'nothing'}: no such folder"
     assert result.stderr.strip().splitlines() == [expected]

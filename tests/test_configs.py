@@ -2,7 +2,9 @@
 
 SD-family configs (configs/*.yaml, configs/stable-diffusion/) are full size (slow) and must
 have SD1.5 shapes. Every other config (tests/, openmoji/) is built whole, model and data,
-with checkpoint paths removed and dataset paths pointed at a small fixture.
+with checkpoint paths removed and dataset paths pointed at a small fixture, and its parts are
+checked to fit: one forward pass of the model (UNet channels, context width, latent size) and,
+where the config has data, one loss on the first items of a batch it loads.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from helpers import ROOT, make_edit_dataset
 from omegaconf import OmegaConf
 
 from ldm.data.latent_cache import encode_dataset
+from ldm.models.autoencoder import AutoencoderKL
 from ldm.util import check_params, count_params, instantiate_from_config
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -60,6 +64,41 @@ def check_lightning_section(config: dict[str, Any]) -> None:
         instantiate_from_config(cb, f"lightning.callbacks.{name}")
 
 
+def first_items(batch: Any, n: int, side: int = 64) -> Any:
+    """The first n items of a (nested) batch of tensors and lists, images cropped to side x side (the
+    models are convolutional: a crop keeps every check below but the cost of 256 px)."""
+    if isinstance(batch, dict):
+        return {key: first_items(value, n, side) for key, value in batch.items()}
+    return batch[:n, ..., :side, :side] if isinstance(batch, torch.Tensor) and batch.ndim == 4 else batch[:n]
+
+
+@torch.no_grad()
+def check_model_runs(model: pl.LightningModule, batch: dict[str, Any] | None) -> None:
+    """The config's parts fit: shapes through one forward pass and, where the config has data, the
+    latent size of its images and one loss on the first items of a batch."""
+    model.eval()
+    if isinstance(model, AutoencoderKL):  # every autoencoder config has data
+        x = model.get_input(first_items(batch, 2))  # (2, 3, 64, 64)
+        assert model(x)[0].shape == x.shape
+        return
+    # latent diffusion: a latent of the model's size through the UNet with the conditioning it is built for
+    z = torch.randn(1, model.channels, model.image_size, model.image_size)  # (1, C, h, w)
+    cond = {"c_crossattn": [model.get_learned_conditioning([""])]}  # (1, T, D): D must be the UNet's context_dim
+    if model.model.conditioning_key == "hybrid":
+        cond["c_concat"] = [torch.zeros_like(z)]  # the input-image latent: in_channels = 2 C
+    assert model.apply_model(z, torch.tensor([999]), cond).shape == z.shape
+    if batch is None:
+        return
+    if "cached" in batch:
+        latent_side = batch["cached"]["target_mean"].shape[-1]
+    else:  # the autoencoder halves the side at each level but the last
+        factor = 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
+        latent_side = batch[model.first_stage_key].shape[-1] // factor
+    assert latent_side == model.image_size, "the data's images must encode to latents of the model's image_size"
+    loss = model.shared_step(first_items(batch, 2))
+    assert loss.ndim == 0 and 0 < loss.item() < 10, loss  # ~1 for an untrained model: a unit-variance target
+
+
 def test_configs_found():
     assert SMALL and SD_FAMILY
 
@@ -69,7 +108,7 @@ def test_small_config_instantiates(path, tmp_path):
     dataset = make_edit_dataset(tmp_path / "edits", n=40)  # >= the largest batch of a small config (32)
     config = load(path, dataset)
     model = build_model(config)
-    assert count_params(model) > 0
+    batch = None
     if "data" in config:
         train = config["data"]["params"]["train"]
         if train["target"] == "ldm.data.latent_cache.CachedEditDataset":  # encode the fixture with this model
@@ -81,6 +120,7 @@ def test_small_config_instantiates(path, tmp_path):
         batch = next(iter(data.train_dataloader()))
         images = batch["cached"]["target_mean"] if "cached" in batch else batch["edited"]
         assert images.shape[0] == config["data"]["params"]["batch_size"]
+    check_model_runs(model, batch)
     check_lightning_section(config)
 
 

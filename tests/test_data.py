@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from ldm.data.datamodule import DataModuleFromConfig
 from ldm.data.edit_dataset import EditDataset, PairsCSVDataset
-from ldm.data.images import UnreadableFileError
 from ldm.data.sampler import sample_seed
+from ldm.image_io import ImageInputError
 from ldm.util import ConfigError, instantiate_from_config
 
 SIZE = 24
@@ -323,7 +323,7 @@ def test_missing_image_raises_when_asked(tmp_path: Path) -> None:
     missing = tmp_path / "data" / "prompt_004" / "7_1.jpg"
     missing.unlink()
     dataset[3]
-    with pytest.raises(UnreadableFileError, match=re.escape(str(missing))):
+    with pytest.raises(ImageInputError, match=re.escape(str(missing))):
         dataset[4]
 
 

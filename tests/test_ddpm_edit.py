@@ -132,13 +132,23 @@ def test_unexpected_and_missing_keys_fail_with_names(model, tmp_path):
         instantiate_from_config(model_config(ckpt_path=str(path), load_ema=False), "model")
     message = str(info.value)
     assert "model.diffusion_model.extra.weight" in message and "first_stage_model.decoder.conv_out.bias" in message
-    # ignore_keys skips what the user names
+    # ignore_keys skips what the user names (left as built), and everything else is loaded
+    torch.manual_seed(1)  # another initialisation than the checkpoint's source model
     ok = instantiate_from_config(
         model_config(ckpt_path=str(path), load_ema=False,
                      ignore_keys=["model.diffusion_model.extra", "first_stage_model.decoder.conv_out"]),
         "model",
     )  # fmt: skip
-    assert ok is not None
+    loaded = ok.state_dict()
+    conv_out = "first_stage_model.decoder.conv_out.weight"
+    assert not torch.equal(loaded[conv_out], state[conv_out])  # in the checkpoint, but ignored
+    position_ids = "cond_stage_model.transformer.text_model.embeddings.position_ids"  # a non-persistent buffer
+    assert set(state) - set(loaded) == {"model.diffusion_model.extra.weight", position_ids}
+    for key in sorted(set(state) & set(loaded) - {conv_out}):
+        value = state[key]
+        if key == "model.diffusion_model.input_blocks.0.0.weight":  # 4 -> 8 input channels, the new ones zero
+            value = torch.cat([value, torch.zeros_like(value)], dim=1)
+        assert torch.equal(loaded[key], value), key
 
 
 def test_log_images_shapes_and_determinism(model):

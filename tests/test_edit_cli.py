@@ -19,7 +19,9 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 import edit_cli
+from ldm.edit_settings import SamplingOptions
 from ldm.image_io import ImageInputError, edit_size, fit_to_stride, load_image, save_image_atomic
+from ldm.inference import ImageEditor, load_model, pick_device
 from ldm.models.diffusion.sampling import SAMPLERS, CFGDenoiser
 from ldm.util import instantiate_from_config
 
@@ -112,11 +114,12 @@ def test_parity_with_diffusers_instruct_pix2pix_pipeline() -> None:
     (measured < 1e-6).
     """
     from diffusers import EulerDiscreteScheduler
-    from diffusers_export import to_diffusers_pipeline
+
+    from ldm.diffusers_export import to_diffusers_pipeline
 
     steps, seed, instruction = STEPS_P, 3, "make it red"
     model = tiny_model()
-    editor = edit_cli.ImageEditor(model, torch.device("cpu"))
+    editor = ImageEditor(model, torch.device("cpu"))
     pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(5)) * 255
     image = Image.fromarray(pixels.to(torch.uint8).numpy())
     unet_timesteps = {"ours": [], "diffusers": []}
@@ -125,7 +128,7 @@ def test_parity_with_diffusers_instruct_pix2pix_pipeline() -> None:
         return lambda module, args: unet_timesteps[name].append(args[1].flatten()[0].item())
 
     model.model.diffusion_model.register_forward_pre_hook(record("ours"))
-    options = edit_cli.SamplingOptions(steps=steps, sampler="euler", cfg_text=7.5, cfg_image=1.5)
+    options = SamplingOptions(steps=steps, sampler="euler", cfg_text=7.5, cfg_image=1.5)
     cond, uncond = editor.encode(image, instruction)
     ours = editor.sample_latents(cond, uncond, seed, options)  # (1, 4, 8, 8)
     sigmas = editor.denoiser.get_sigmas(steps)  # (steps + 1,)
@@ -346,7 +349,7 @@ def test_ema_weights_are_preferred(tmp_path) -> None:
     torch.save({"state_dict": {**state, **ema}}, tmp_path / "with_ema.ckpt")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "no_ema.safetensors")
     for name, source in (("with_ema.ckpt", ema_source), ("no_ema.safetensors", model)):
-        loaded = edit_cli.load_model(tiny_model_config(), tmp_path / name)
+        loaded = load_model(tiny_model_config(), tmp_path / name)
         assert not hasattr(loaded, "model_ema") and not loaded.use_ema
         for key, value in source.model.state_dict().items():
             assert torch.equal(loaded.model.state_dict()[key], value), (name, key)
@@ -358,7 +361,7 @@ def test_vae_checkpoint_and_config_ckpt_path(files, tmp_path) -> None:
         for p in vae.parameters():
             p.add_(0.01)
     torch.save({"state_dict": vae.state_dict()}, tmp_path / "vae.ckpt")  # an autoencoder checkpoint
-    model = edit_cli.load_model(tiny_model_config(), files["ckpt"], tmp_path / "vae.ckpt")
+    model = load_model(tiny_model_config(), files["ckpt"], tmp_path / "vae.ckpt")
     for key, value in vae.state_dict().items():
         assert torch.equal(model.first_stage_model.state_dict()[key], value), key
     assert not hasattr(model, "model_ema")
@@ -372,11 +375,10 @@ def test_vae_checkpoint_and_config_ckpt_path(files, tmp_path) -> None:
 
 @pytest.mark.parametrize("karras", [False, True], ids=["uniform", "karras"])
 def test_every_sampler_runs(karras: bool) -> None:
-    assert edit_cli.SAMPLER_NAMES == tuple(SAMPLERS)
-    editor = edit_cli.ImageEditor(tiny_model(), torch.device("cpu"))
+    editor = ImageEditor(tiny_model(), torch.device("cpu"))
     cond, uncond = editor.encode(sketch((32, 32)), "make it red")
     for name in SAMPLERS:
-        options = edit_cli.SamplingOptions(steps=3, sampler=name, karras=karras)
+        options = SamplingOptions(steps=3, sampler=name, karras=karras)
         steps = []
         z = editor.sample_latents(cond, uncond, 0, options, callback=steps.append)
         assert z.shape == (1, 4, 8, 8) and torch.isfinite(z).all(), name
@@ -385,12 +387,12 @@ def test_every_sampler_runs(karras: bool) -> None:
 
 def test_bf16_autocast_and_fp16_refused_on_cpu(files, tmp_path, capsys) -> None:
     args = ["--input", str(files["input"]), "--output", str(tmp_path / "o.png"), "--edit", "x", "--seed", "1"]
-    assert edit_cli.main(cli_args(files, *args, "--precision", "fp16", "--device", "cpu")) == 1
+    assert edit_cli.main(cli_args(files, *args, "--precision", "fp16", "--device", "cpu")) == 2
     assert "fp16" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
     assert edit_cli.main(cli_args(files, *args, "--precision", "bf16", "--device", "cpu")) == 0
     assert Image.open(tmp_path / "o.png").size == (32, 24)
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert edit_cli.pick_device("auto") == torch.device("cpu")
+        assert pick_device("auto") == torch.device("cpu")
 
 
 # ---- input images -------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 from helpers import tiny_model, tiny_model_config
 from safetensors import safe_open
 
-from edit_cli import load_model
 from ldm.data.latent_cache import weights_sha256
+from ldm.inference import load_model
 from scripts import export_emaonly
 
 
@@ -46,7 +46,7 @@ def test_export_emaonly_loads_as_the_ema_model(tmp_path, dtype):
 def test_export_without_ema_is_one_clear_line(tmp_path, capsys):
     ckpt = tmp_path / "plain.ckpt"
     torch.save({"state_dict": tiny_model().state_dict()}, ckpt)
-    assert export_emaonly.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert export_emaonly.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no EMA weights" in err[0]
     assert not (tmp_path / "x.safetensors").exists()

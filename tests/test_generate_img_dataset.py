@@ -18,8 +18,9 @@ from test_prompt2prompt import one_thread, save_tiny_txt2img  # noqa: F401  (one
 from dataset_creation import generate_img_dataset as gen
 from dataset_creation import prepare_dataset
 from dataset_creation.generate_img_dataset import select_candidates
+from ldm.checkpoint import read_checkpoint
 from ldm.data.edit_dataset import EditDataset
-from metrics.clip_similarity import direction_similarity
+from ldm.modules.encoders.clip_image import direction_similarity
 
 TRIPLES = [
     {"id": "a1f0", "input": "a photo of a cat", "edit": "make it a dog", "output": "a photo of a dog", "model": "x"},
@@ -228,7 +229,7 @@ def test_resume_skips_complete_folders_and_redoes_partial_ones(models, full_run,
     assert tree(out) == tree(full_run)
 
 
-def test_a_failure_while_writing_leaves_only_a_partial_folder(models, tmp_path, monkeypatch) -> None:
+def test_a_failure_while_writing_leaves_no_folder(models, tmp_path, monkeypatch) -> None:
     prompts = write_triples(tmp_path / "triples.jsonl", TRIPLES[:1])
     out = tmp_path / "out"
 
@@ -239,7 +240,7 @@ def test_a_failure_while_writing_leaves_only_a_partial_folder(models, tmp_path, 
         patch.setattr(Image.Image, "save", disk_full)
         with pytest.raises(OSError, match="disk full"):
             gen.main(gen_args(models, prompts, out))
-    assert sorted(p.name for p in out.iterdir()) == [".a1f0.partial", gen.SETTINGS_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [gen.SETTINGS_FILE]  # the .partial folder removed
     with pytest.raises(prepare_dataset.UsageError, match="no prompt folder"):
         prepare_dataset.run(out)
     assert gen.main(gen_args(models, prompts, out)) == 0
@@ -262,7 +263,7 @@ def test_generated_dataset_is_indexed_and_trains_through_main(full_run, tmp_path
             f"data.params.train.params.path={data}"]  # fmt: skip
     result = run_main(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.load(tmp_path / "p2p" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert read_checkpoint(tmp_path / "p2p" / "checkpoints" / "last.ckpt")["global_step"] == 5
 
 
 # ---- one-line errors ----------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def one_error(capsys, *fragments: str) -> None:
 )
 def test_bad_triples_file(models, tmp_path, capsys, lines, fragments) -> None:
     (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
-    assert gen.main(gen_args(models, tmp_path / "t.jsonl", tmp_path / "out")) == 1
+    assert gen.main(gen_args(models, tmp_path / "t.jsonl", tmp_path / "out")) == 2
     one_error(capsys, *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -305,7 +306,7 @@ def test_bad_triples_file(models, tmp_path, capsys, lines, fragments) -> None:
 )
 def test_bad_arguments(models, tmp_path, capsys, extra, fragments) -> None:
     prompts = write_triples(tmp_path / "t.jsonl", TRIPLES[:1])
-    assert gen.main(gen_args(models, prompts, tmp_path / "out", *extra)) == 1
+    assert gen.main(gen_args(models, prompts, tmp_path / "out", *extra)) == 2
     one_error(capsys, *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -314,7 +315,7 @@ def test_other_settings_are_refused_for_an_existing_dataset(models, full_run, tm
     out = tmp_path / "out"
     shutil.copytree(full_run, out)
     prompts = write_triples(tmp_path / "t.jsonl", TRIPLES)
-    assert gen.main(gen_args(models, prompts, out, "--steps", "5")) == 1
+    assert gen.main(gen_args(models, prompts, out, "--steps", "5")) == 2
     one_error(capsys, "steps = 4", "5", "another --out")
 
 
@@ -325,4 +326,4 @@ def test_script_runs_from_the_repository_root(tmp_path) -> None:
     result = subprocess.run([sys.executable, "dataset_creation/generate_img_dataset.py", "--prompts", "none.jsonl",
                              "--out", str(tmp_path / "o"), "--clip-weights", "w.pt"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 1 and result.stderr.startswith("generate_img_dataset.py: error: --prompts none.jsonl")
+    assert result.returncode == 2 and result.stderr.startswith("generate_img_dataset.py: error: --prompts none.jsonl")

@@ -291,7 +291,7 @@ def test_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, content, extra
         monkeypatch.delenv("OPENAI_API_KEY")
         extra = [e for e in extra if e != "--no-key"]
     argv = ["--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--model", "m", "--no-progress"]
-    assert gtd.main(argv + [e.format(tmp=tmp_path) for e in extra]) == 1
+    assert gtd.main(argv + [e.format(tmp=tmp_path) for e in extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("generate_txt_dataset.py: error:"), err
     assert message.format(tmp=tmp_path) in err[0]

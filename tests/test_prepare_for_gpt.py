@@ -89,7 +89,7 @@ def test_usage_errors_are_one_line(tmp_path, capsys, args, message):
     argv = [a.format(tmp=tmp_path) for a in args]
     if "--output" not in argv:
         argv += ["--output", str(tmp_path / "out.jsonl")]
-    assert prep.main(argv) == 1
+    assert prep.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prepare_for_gpt.py: error:") and message in err[0]
 

@@ -40,7 +40,7 @@ def test_weights_are_the_card_s_and_the_text_encoder_is_the_package_s():
 @pytest.mark.slow
 def test_reference_model_reproduces_its_figures(tmp_path):
     data = tmp_path / "data"
-    build = [sys.executable, str(ROOT / "dataset_creation" / "openmoji.py"), "--out", str(data), "--size", "64"]
+    build = [sys.executable, "-m", "dataset_creation.openmoji", "--out", str(data), "--size", "64"]
     subprocess.run(build, check=True, capture_output=True, timeout=900)
     args = REGRESSION["command"]
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_openmoji.py"), *args,

@@ -14,6 +14,8 @@ import pytest
 import torch
 from helpers import ROOT, TINY_CONFIG, make_edit_dataset, run_main
 
+from ldm.checkpoint import read_checkpoint
+
 pytestmark = pytest.mark.slow  # each test starts main.py (seconds of imports) and trains
 
 
@@ -35,7 +37,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_checkpoint(path)
 
 
 def assert_states_equal(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -68,7 +70,7 @@ def test_trains_logs_checkpoints_and_config_reproduces(dataset, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 30
     assert sorted(p.name for p in (run_dir / "images" / "train").glob("*.png"))[:1] == ["step-000005.png"]
-    assert not list(run_dir.rglob("*.tmp-*")), "no temporary checkpoint files left behind"
+    assert not list(run_dir.rglob(".*.tmp")), "no temporary files left behind"
 
     # The saved merged config alone (no overrides) reproduces the run.
     saved = sorted((run_dir / "configs").glob("*-project.yaml"))

@@ -17,7 +17,8 @@ is replaced by the next readable one (index + 1, + 2, ... wrapping around), augm
 the original sample's seed (each try restarts the generator from it); a warning names the
 file once, and `num_skipped` counts the distinct unreadable files met by this
 process (each DataLoader worker keeps its own count). With `on_bad_image="raise"` the
-`UnreadableFileError` naming the file propagates.
+`ldm.image_io.ImageInputError` naming the file propagates (images are decoded by
+`ldm.image_io.load_image`, the loader inference uses).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.images import PairedTransform, UnreadableFileError, load_rgb
+from ldm.data.images import PairedTransform
+from ldm.image_io import ImageInputError, load_image
 from ldm.util import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -73,7 +75,7 @@ class PairedEditDataset(Dataset, abc.ABC):
     """Shared sample assembly: load a pair, transform it, skip or raise on unreadable files.
 
     Subclasses implement `__len__` and `load_variant(index, variant) -> (input image, edited image,
-    instruction)`, raising `UnreadableFileError` for a file that cannot be read; one with several pairs
+    instruction)`, raising `ImageInputError` for a file that cannot be read; one with several pairs
     per sample also overrides `num_variants` and `load_pair`, which draws the variant from `generator`.
     """
 
@@ -124,12 +126,12 @@ class PairedEditDataset(Dataset, abc.ABC):
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
-        last_error: UnreadableFileError | None = None
+        last_error: ImageInputError | None = None
         for offset in range(n):
             generator = torch.Generator().manual_seed(seed)
             try:
                 input_image, edited_image, instruction = self.load_pair((index + offset) % n, generator)
-            except UnreadableFileError as err:
+            except ImageInputError as err:
                 if self.on_bad_image == "raise":
                     raise
                 self._note_bad_file(err)
@@ -142,7 +144,7 @@ class PairedEditDataset(Dataset, abc.ABC):
             f"failed; last error: {last_error}"
         )
 
-    def _note_bad_file(self, err: UnreadableFileError) -> None:
+    def _note_bad_file(self, err: ImageInputError) -> None:
         if err.path in self._bad_files:
             return
         self._bad_files.add(err.path)
@@ -233,8 +235,8 @@ class EditDataset(PairedEditDataset):
         try:
             instruction = json.loads(prompt_file.read_text())["edit"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UnreadableFileError(prompt_file, f"no readable 'edit' instruction ({err!r})") from err
-        return load_rgb(_pair_image(folder, seed, 0)), load_rgb(_pair_image(folder, seed, 1)), str(instruction)
+            raise ImageInputError(prompt_file, f"no readable 'edit' instruction ({err!r})") from err
+        return load_image(_pair_image(folder, seed, 0)), load_image(_pair_image(folder, seed, 1)), str(instruction)
 
 
 class PairsCSVDataset(PairedEditDataset):
@@ -310,4 +312,4 @@ class PairsCSVDataset(PairedEditDataset):
 
     def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
         input_path, edited_path, instruction = self.pairs[index]
-        return load_rgb(input_path), load_rgb(edited_path), instruction
+        return load_image(input_path), load_image(edited_path), instruction

@@ -1,4 +1,7 @@
-"""Image loading and the paired augmentation shared by the editing datasets.
+"""Tensor conversion and the paired augmentation shared by the editing datasets.
+
+Images are decoded by `ldm.image_io.load_image`, the loader inference and the metrics use (EXIF
+orientation, 16-bit scaling, alpha over white), so training sees the pixels the model is run on.
 
 An editing sample is a pair (input image, edited image) that must stay pixel-aligned:
 both are resized to the same random square size, stacked on the channel axis, then
@@ -13,33 +16,9 @@ augmentation does not depend on the global RNG (see `ldm.data.sampler`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
-
-
-class UnreadableFileError(OSError):
-    """A file of one sample (image or prompt) is missing or cannot be decoded; `path` names it."""
-
-    def __init__(self, path: str | Path, reason: object) -> None:
-        super().__init__(f"cannot read {path}: {reason}")
-        self.path = Path(path)
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image as RGB; transparent pixels are composited over white (line art on alpha)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UnreadableFileError(path, err) from err
 
 
 def to_signed_tensor(image: Image.Image) -> torch.Tensor:

@@ -16,10 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ldm.models.diffusion.loading import CheckpointMismatchError
+from ldm.checkpoint import load_state_dict_file, load_strict
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.util import ConfigError, accepted_params, config_path, instantiate_from_config, load_state_dict_file
+from ldm.util import ConfigError, accepted_params, config_path, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class AutoencoderKL(pl.LightningModule):
 
     `ddconfig` is passed to both Encoder and Decoder (see their docstrings for the keys each
     ignores) and must have `double_z: true`. `lossconfig` builds the training loss,
-    `torch.nn.Identity` in inference configs. `monitor` is the metric main.py's checkpoint
-    callback watches. `base_learning_rate` sets `self.learning_rate`, which main.py may rescale.
+    `torch.nn.Identity` in inference configs. `learning_rate` is the optimizers': main.py passes
+    `model.base_learning_rate`, scaled by `--scale_lr`.
 
     Training uses manual optimization with one Adam for the autoencoder and, when the loss has
     a discriminator, a second one for it. Lightning 2 counts every optimizer step in
@@ -65,8 +65,7 @@ class AutoencoderKL(pl.LightningModule):
         ckpt_path: str | None = None,
         ignore_keys: Iterable[str] = (),
         image_key: str = "image",
-        monitor: str | None = None,
-        base_learning_rate: float = 4.5e-6,
+        learning_rate: float = 4.5e-6,
     ) -> None:
         super().__init__()
         ddconfig = dict(ddconfig)
@@ -79,8 +78,7 @@ class AutoencoderKL(pl.LightningModule):
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, kernel_size=1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, kernel_size=1)
         self.embed_dim = embed_dim
-        self.monitor = monitor
-        self.learning_rate = base_learning_rate
+        self.learning_rate = learning_rate
         self.automatic_optimization = False
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
@@ -98,19 +96,8 @@ class AutoencoderKL(pl.LightningModule):
             state_dict = {k[len(SD_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(SD_PREFIX)}
         ignore_keys = tuple(ignore_keys)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore_keys)}
-
-        def allowed(key: str) -> bool:
-            return key.startswith(("loss.", *ignore_keys))
-
-        own_keys = set(self.state_dict())
-        missing = sorted(k for k in own_keys - set(state_dict) if not allowed(k))
-        unexpected = sorted(k for k in set(state_dict) - own_keys if not allowed(k))
-        if missing or unexpected:
-            raise CheckpointMismatchError(
-                f"{path}: checkpoint does not match AutoencoderKL: missing keys {missing}, unexpected keys {unexpected}"
-            )
-        state_dict = {k: v for k, v in state_dict.items() if k in own_keys}
-        self.load_state_dict(state_dict, strict=False)
+        allowed = lambda key: key.startswith(("loss.", *ignore_keys))
+        load_strict(self, state_dict, path, may_miss=allowed, may_add=allowed)
         logger.info("restored AutoencoderKL from %s (%d tensors)", path, len(state_dict))
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
@@ -183,7 +170,7 @@ class AutoencoderKL(pl.LightningModule):
         _, log_ae = self.loss(
             inputs, reconstructions, posterior, 0, step, last_layer=self.get_last_layer(), split="val"
         )
-        self.log_dict(log_ae, batch_size=inputs.shape[0])  # includes val/rec_loss, the usual `monitor`
+        self.log_dict(log_ae, batch_size=inputs.shape[0])
         if self._has_discriminator():
             _, log_disc = self.loss(inputs, reconstructions, posterior, 1, step, split="val")
             self.log_dict(log_disc, batch_size=inputs.shape[0])

@@ -60,9 +60,16 @@ class DiffusionWrapper(nn.Module):
         c_crossattn: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # x (B, C, h, w); c_concat tensors (B, C', h, w); c_crossattn tensors (B, T, D)
-        if c_concat:
+        # the key decides what reaches the UNet; a part the key needs must be there
+        if self.conditioning_key in ("concat", "hybrid"):
+            if not c_concat:
+                raise ValueError(f"conditioning_key {self.conditioning_key!r} needs c_concat")
             x = torch.cat([x, *c_concat], dim=1)
-        context = torch.cat(list(c_crossattn), dim=1) if c_crossattn else None
+        context = None
+        if self.conditioning_key in ("crossattn", "hybrid"):
+            if not c_crossattn:
+                raise ValueError(f"conditioning_key {self.conditioning_key!r} needs c_crossattn")
+            context = torch.cat(list(c_crossattn), dim=1)
         return self.diffusion_model(x, t, context=context)
 
 
@@ -77,9 +84,9 @@ class LatentDiffusion(pl.LightningModule):
     `snr_gamma` weights each sample's loss by min-SNR-gamma (`losses.min_snr_weights`).
     `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
     loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
-    weights become both the model and its EMA). `num_timesteps_cond` and `log_every_t` are
-    accepted for config compatibility: only 1 is supported for the former, and the latter
-    sets how often `log_images` records intermediate steps.
+    weights become both the model and its EMA). `num_timesteps_cond` is accepted for config
+    compatibility (only 1 is supported). `learning_rate` is the optimizer's: main.py passes
+    `model.base_learning_rate`, scaled by `--scale_lr`.
     """
 
     def __init__(
@@ -94,7 +101,6 @@ class LatentDiffusion(pl.LightningModule):
         cosine_s: float = 8e-3,
         zero_terminal_snr: bool = False,
         num_timesteps_cond: int = 1,
-        log_every_t: int = 100,
         first_stage_key: str = "image",
         cond_stage_key: str = "txt",
         image_size: int = 64,
@@ -104,7 +110,6 @@ class LatentDiffusion(pl.LightningModule):
         parameterization: str = "eps",
         loss_type: str = "l2",
         snr_gamma: float | None = None,
-        monitor: str | None = None,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
         use_ema: bool = True,
@@ -113,6 +118,7 @@ class LatentDiffusion(pl.LightningModule):
         ckpt_path: str | None = None,
         ignore_keys: Sequence[str] = (),
         scheduler_config: Mapping[str, Any] | None = None,
+        learning_rate: float = 1e-4,
     ) -> None:
         super().__init__()
         if num_timesteps_cond != 1:
@@ -128,12 +134,10 @@ class LatentDiffusion(pl.LightningModule):
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"{config_path('loss_type')}: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         self.num_timesteps = timesteps
-        self.log_every_t = log_every_t
         self.first_stage_key, self.cond_stage_key = first_stage_key, cond_stage_key
         self.image_size, self.channels = image_size, channels
         self.parameterization, self.loss_type = parameterization, loss_type
         self.snr_gamma = snr_gamma
-        self.monitor = monitor
         self.scale_by_std = scale_by_std
         if scale_by_std:
             self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
@@ -141,7 +145,7 @@ class LatentDiffusion(pl.LightningModule):
             self.scale_factor = scale_factor
         self.scheduler_config = scheduler_config
         self.cond_stage_trainable = cond_stage_trainable
-        self.learning_rate = 1e-4  # main.py sets base_learning_rate (optionally scaled) here
+        self.learning_rate = learning_rate
 
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)

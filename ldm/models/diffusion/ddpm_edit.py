@@ -22,7 +22,7 @@ import torch
 
 from ldm.data.latent_cache import CACHE_KEY
 from ldm.models.diffusion import ddpm
-from ldm.models.diffusion.sampling import CFGDenoiser, denoiser, get_sigmas, sample
+from ldm.models.diffusion.sampling import denoiser, get_sigmas, sample_edit
 from ldm.util import ConfigError, config_path
 
 Cond = ddpm.Cond
@@ -42,6 +42,11 @@ class LatentDiffusion(ddpm.LatentDiffusion):
         cond_drop_image: float = 0.05,
         **kwargs: Any,
     ) -> None:
+        if conditioning_key != "hybrid":
+            raise ConfigError(
+                f"{config_path('conditioning_key')}: the editing model concatenates the input image's latent "
+                f"and attends to the instruction, so it must be hybrid, not {conditioning_key!r}"
+            )
         if min(cond_drop_text, cond_drop_both, cond_drop_image) < 0 or (
             cond_drop_text + cond_drop_both + cond_drop_image > 1
         ):
@@ -118,18 +123,8 @@ class LatentDiffusion(ddpm.LatentDiffusion):
             wrapped = denoiser(self)
             sigmas = get_sigmas(wrapped, steps)
             noise = torch.randn(latent.shape, generator=generator, device=self.device, dtype=latent.dtype)
-            z = sample(
-                CFGDenoiser(wrapped),
-                noise * sigmas[0],
-                sigmas,
-                sampler="euler",
-                extra_args={
-                    "cond": cond,
-                    "uncond": self.unconditional(cond),
-                    "text_cfg_scale": text_cfg_scale,
-                    "image_cfg_scale": image_cfg_scale,
-                },
-            )
+            uncond = self.unconditional(cond)
+            z = sample_edit(wrapped, cond, uncond, noise, sigmas, "euler", text_cfg_scale, image_cfg_scale)
         return {
             "input": inputs,
             "target": target,

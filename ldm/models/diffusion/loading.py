@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.util import config_path, load_state_dict_file
+from ldm.checkpoint import CheckpointMismatchError, load_state_dict_file, load_strict
+from ldm.util import config_path
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ TOLERATED_UNEXPECTED_PREFIXES = ("first_stage_model.loss.",)
 TOLERATED_MISSING = ("scale_factor",)
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not fit the model; the message lists them."""
-
-
 def expand_input_channels(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Conv weight (out, c_old, k, k) -> (out, c_new, k, k): the first c_old channels copied, the rest zero."""
     if weight.shape[0] != shape[0] or weight.shape[2:] != shape[2:] or weight.shape[1] > shape[1]:
@@ -53,11 +50,6 @@ def expand_input_channels(weight: torch.Tensor, shape: torch.Size) -> torch.Tens
     expanded = torch.zeros(shape, dtype=weight.dtype)
     expanded[:, : weight.shape[1]] = weight
     return expanded
-
-
-def _describe(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:3])
-    return f"{len(keys)} ({shown}{', ...' if len(keys) > 3 else ''})"
 
 
 def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str] = (), load_ema: bool = True) -> None:
@@ -85,27 +77,12 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
                 state[key] = expand_input_channels(state[key], own[key].shape)
             except CheckpointMismatchError as err:
                 raise CheckpointMismatchError(f"{path}: {key}: {err}") from err
-    wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if wrong_shape:
-        k = wrong_shape[0]
-        raise CheckpointMismatchError(
-            f"{path}: {len(wrong_shape)} tensors have the wrong shape, e.g. {k}: checkpoint "
-            f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)}; is the config the checkpoint's architecture?"
-        )
-
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [
-        k for k in missing if k not in TOLERATED_KEYS + TOLERATED_MISSING and not (ignore and k.startswith(ignore))
-    ]
-    unexpected = [k for k in unexpected if k not in TOLERATED_KEYS and not k.startswith(TOLERATED_UNEXPECTED_PREFIXES)]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_describe(unexpected)}")
-        raise CheckpointMismatchError(
-            f"{path} does not match the model ({'; '.join(parts)}); fix the config or list prefixes to skip "
-            f"in {config_path('ignore_keys')}"
-        )
+    load_strict(
+        model,
+        state,
+        path,
+        may_miss=lambda k: k in TOLERATED_KEYS + TOLERATED_MISSING or bool(ignore and k.startswith(ignore)),
+        may_add=lambda k: k in TOLERATED_KEYS or k.startswith(TOLERATED_UNEXPECTED_PREFIXES),
+        advice=f"fix the config or list prefixes to skip in {config_path('ignore_keys')}",
+    )
     log.info("initialised from %s (%d tensors)", path, len(state))

@@ -21,17 +21,12 @@ from k_diffusion import external
 from k_diffusion import sampling as ks
 from torch import nn
 
-Cond = dict[str, list[torch.Tensor]]
+from ldm.edit_settings import ANCESTRAL
+from ldm.edit_settings import SAMPLERS as SAMPLER_FUNCTIONS
+from ldm.models.diffusion.ddpm import Cond
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "euler_a": ks.sample_euler_ancestral,
-    "euler": ks.sample_euler,
-    "heun": ks.sample_heun,
-    "dpmpp_2m": ks.sample_dpmpp_2m,
-    "dpmpp_2s_a": ks.sample_dpmpp_2s_ancestral,
-    "lms": ks.sample_lms,
-}
-ANCESTRAL = {"euler_a", "dpmpp_2s_a"}
+# name -> k-diffusion sampler, `sample_*(model, x, sigmas, extra_args, callback, disable)`
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {name: getattr(ks, fn) for name, fn in SAMPLER_FUNCTIONS.items()}
 
 
 def denoiser(model: nn.Module) -> nn.Module:
@@ -134,3 +129,27 @@ def sample(
             x.shape, generator=generator, device=noise_device, dtype=x.dtype
         ).to(x.device)
     return SAMPLERS[sampler](model_fn, x, sigmas, **kwargs)
+
+
+def sample_edit(
+    model_denoiser: nn.Module,
+    cond: Cond,
+    uncond: Cond,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    sampler: str,
+    text_cfg_scale: float,
+    image_cfg_scale: float,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> torch.Tensor:
+    """The editing recipe (edit_cli, the app, training-time samples, benchmarks): x_T = unit `noise`
+    (B, C, h, w) x sigmas[0], then `sampler` down `sigmas` through three-way guidance."""
+    extra_args = {
+        "cond": cond,
+        "uncond": uncond,
+        "text_cfg_scale": text_cfg_scale,
+        "image_cfg_scale": image_cfg_scale,
+    }
+    guided = CFGDenoiser(model_denoiser)
+    return sample(guided, noise * sigmas[0], sigmas, sampler, extra_args, generator, callback)

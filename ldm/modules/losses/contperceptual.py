@@ -17,8 +17,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
+from ldm.checkpoint import load_state_dict_file
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.util import load_state_dict_file
 
 # VGG16 feature indices of the five LPIPS slices, ending after relu1_2 ... relu5_3.
 _VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))

@@ -1,5 +1,8 @@
 """CLIP similarities of an edit, as in InstructPix2Pix's `metrics/clip_similarity.py`.
 
+Used by the dataset builder's CLIP filter (`dataset_creation/generate_img_dataset.py`) and by the
+evaluation (`metrics/compute_metrics.py`), so it lives here rather than under either of them.
+
 For an input image I0 with caption T0 and its edit I1 with caption T1 (L2-normalised CLIP
 features i0, i1, t0, t1):
 - sim_0 = cos(i0, t0) and sim_1 = cos(i1, t1): how well each image matches its caption;

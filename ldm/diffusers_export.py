@@ -1,7 +1,8 @@
 """Our editing LatentDiffusion as a diffusers `StableDiffusionInstructPix2PixPipeline` on the same tensors.
 
-The reference for parity tests (tests/test_edit_cli.py) and the edit benchmark
-(bench/edit_vs_diffusers.py). The model's state dict is an SD checkpoint already; diffusers'
+The reference for parity tests (tests/test_edit_cli.py, tests/test_loss_vs_diffusers.py) and
+the benchmarks (bench/edit_vs_diffusers.py, bench/train_step.py); needs diffusers (the `test`
+extra). The model's state dict is an SD checkpoint already; diffusers'
 own single-file helpers derive the UNet and VAE configs from our YAML `model` section and
 convert the keys. UNet and VAE are built on the meta device and assigned our tensors (no
 copy, so both pipelines share memory); the CLIP text model is built normally (its
@@ -27,8 +28,7 @@ from ldm.models.diffusion.ddpm_edit import LatentDiffusion
 
 
 def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:
-    result = module.load_state_dict(state, strict=True, assign=assign)
-    assert not result.missing_keys and not result.unexpected_keys
+    module.load_state_dict(state, strict=True, assign=assign)  # strict: raises on any missing or extra key
 
 
 def to_diffusers_pipeline(
