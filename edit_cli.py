@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, report_error, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, report_error, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import (
     ImageInputError,
@@ -87,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
     add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
-    add("--cfg-text", type=float, help="text guidance scale: higher follows the instruction [7.5, or the config's]")
-    add("--cfg-image", type=float, help="image guidance scale: higher stays closer to the input [1.5, or the config's]")
+    add("--cfg-text", type=finite_float,
+        help="text guidance scale: higher follows the instruction [7.5, or the config's]")
+    add("--cfg-image", type=finite_float,
+        help="image guidance scale: higher stays closer to the input [1.5, or the config's]")
     add("--seed", type=_seed, help="random seed (sample i of each input uses seed + i); random and printed if absent")
     add("--sampler", choices=list(SAMPLERS), help="k-diffusion sampler [euler_a, or the config's]")
     add("--karras", action="store_true", help="Karras et al. (2022) noise levels instead of evenly spaced timesteps")
@@ -173,14 +176,17 @@ def _jsonl_jobs(args: argparse.Namespace, source: Path) -> tuple[list[Job], list
         unknown = sorted(set(record) - set(JOB_KEYS) - set(JOB_GUIDANCE_KEYS))
         bad = [key for key in JOB_KEYS if not isinstance(record.get(key), str)]
         guidance = {key: record[key] for key in JOB_GUIDANCE_KEYS if key in record}
-        not_number = [k for k, v in guidance.items() if isinstance(v, bool) or not isinstance(v, int | float)]
+        not_number = [
+            k for k, v in guidance.items()
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+        ]  # fmt: skip
         if unknown or bad or not_number:
             if unknown:
                 detail = f"unknown key {unknown[0]!r}"
             elif bad:
                 detail = f"{bad[0]!r} missing or not a string"
             else:
-                detail = f"{not_number[0]!r} is not a number"
+                detail = f"{not_number[0]!r} is not a finite number"
             problems.append(
                 f"{where}: {detail} (a job has {', '.join(JOB_KEYS)}, optionally {', '.join(JOB_GUIDANCE_KEYS)}; "
                 "edit may come from --edit)"
@@ -216,10 +222,14 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
             raise UsageError(f"--output {output} is a folder; give a file name such as {output / source.name}")
         jobs = [Job(source, _require_edit(args), sample_paths(output, args.num_samples))]
     batch = source.is_dir() or source.suffix.lower() == ".jsonl"
+    inputs = {job.input.resolve() for job in jobs}  # a run never overwrites what it reads
     planned, claimed = [], set()
     for job in jobs:
         problem = next(filter(None, map(output_problem, job.outputs)), None)
         taken = [str(p) for p in job.outputs if p.resolve() in claimed]
+        overwrites = [str(p) for p in job.outputs if p.resolve() in inputs]
+        if overwrites and problem is None:
+            problem = f"{overwrites[0]} is an input of this run; write the edit to another file"
         if taken and problem is None:
             problem = f"{taken[0]} is also the output of an earlier job"
         if problem is not None:

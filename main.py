@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.cli import ArgumentParser, UsageError, run_cli
+from ldm.cli import ArgumentParser, UsageError, int_at_least, run_cli
 
 # Child processes of multi-device runs re-execute this script; they read the run
 # directory and resume decision of rank 0 from these variables.
@@ -32,6 +32,8 @@ RUN_DIR_ENV = "SKETCH_P2P_RUN_DIR"
 RESUME_ENV = "SKETCH_P2P_RESUME_CKPT"
 
 log = logging.getLogger("main")
+# Lightning's precision names (lightning_fabric.connector._PRECISION_INPUT), checked before Lightning loads
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,18 +42,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--train", action="store_true", help="train (otherwise validate once)")
     p.add_argument("-n", "--name", default="", help="run name; the run directory is <logdir>/<name>")
     p.add_argument("-r", "--resume", default="", help="a run directory or a checkpoint to resume from")
-    p.add_argument("-s", "--seed", type=int, default=23, help="global seed")
+    p.add_argument("-s", "--seed", type=int_at_least(0), default=23, help="global seed")
     p.add_argument("-l", "--logdir", default="logs", help="parent directory of run directories")
     p.add_argument("--scale_lr", action="store_true",
                    help="learning rate = base_learning_rate * accumulate * devices * nodes * batch size")
     p.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (sets --accelerator gpu --devices)")
     p.add_argument("--accelerator", default=None, help="cpu, gpu, mps or auto")
     p.add_argument("--devices", default=None, help="device count or comma-separated ids")
-    p.add_argument("--num_nodes", type=int, default=None, help="number of nodes (SLURM or torchrun)")
+    p.add_argument("--num_nodes", type=int_at_least(1), default=None, help="number of nodes (SLURM or torchrun)")
     p.add_argument("--strategy", default=None, help="ddp (default for several devices), fsdp, or any Lightning name")
-    p.add_argument("--precision", default=None, help="32, bf16-mixed or 16-mixed")
-    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--checkpoint_every", type=int, default=None, help="save a checkpoint every N steps")
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="Lightning precision (default: 32)")
+    p.add_argument("--max_steps", type=int_at_least(1), default=None, help="stop after this many optimizer steps")
+    p.add_argument("--checkpoint_every", type=int_at_least(1), default=None, help="save a checkpoint every N steps")
     p.add_argument("--logger", choices=["tensorboard", "csv", "wandb"], default=None,
                    help="default: tensorboard when installed, else csv")
     return p
@@ -68,9 +70,9 @@ def resolve_run(opt: argparse.Namespace) -> tuple[Path, Path | None, list[str], 
         if not target.exists():
             raise UsageError(f"--resume {target} does not exist; give a run directory or a .ckpt file")
         if target.is_dir():
-            ckpt = target / "checkpoints" / "last.ckpt"
-            if not ckpt.is_file():
-                raise UsageError(f"--resume {target} has no checkpoints/last.ckpt to resume from")
+            ckpt = newest_checkpoint(target)
+            if ckpt is None:
+                raise UsageError(f"--resume {target} has no readable checkpoint in checkpoints/ to resume from")
             return target, ckpt, saved_configs(target), None
         from ldm.checkpoint import has_loop_state
 
@@ -80,11 +82,39 @@ def resolve_run(opt: argparse.Namespace) -> tuple[Path, Path | None, list[str], 
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
         return run_dir, target, saved_configs(run_dir), None
     run_dir = new_run_dir(opt)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.warning("resuming %s from %s", run_dir, last)
-        return run_dir, last, saved_configs(run_dir), None
+    ckpt = newest_checkpoint(run_dir)
+    if ckpt is not None:
+        log.warning("resuming %s from %s", run_dir, ckpt)
+        return run_dir, ckpt, saved_configs(run_dir), None
     return run_dir, None, [], None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (CheckpointMismatchError if it does not read)."""
+    from ldm.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(path).get("global_step", -1))
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The readable checkpoint of the run with the highest step: `last.ckpt`, or a `step-*.ckpt` when
+    last.ckpt is truncated or older (a kill between the two writes); one line for each one passed over."""
+    from ldm.errors import CheckpointMismatchError
+
+    folder = run_dir / "checkpoints"
+    steps: dict[Path, int] = {}
+    for path in [folder / "last.ckpt", *sorted(folder.glob("step-*.ckpt"), reverse=True)]:  # last.ckpt wins a tie
+        if path.is_file():
+            try:
+                steps[path] = checkpoint_step(path)
+            except CheckpointMismatchError as err:
+                log.warning("passing over %s: %s", path, err)
+    if not steps:
+        return None
+    best = max(steps, key=steps.get)
+    if best.name != "last.ckpt" and (folder / "last.ckpt").is_file():
+        log.warning("resuming from %s (step %d), the newest readable checkpoint", best, steps[best])
+    return best
 
 
 def new_run_dir(opt: argparse.Namespace) -> Path:
@@ -179,8 +209,11 @@ def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
     return callbacks
 
 
-def build_logger(choice: str | None, run_dir: Path, name: str) -> Any:
+def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int | None) -> Any:
+    """The run's logger; a CSV log resumed at `resume_step` keeps the rows of the steps before it."""
     from pytorch_lightning import loggers
+
+    from ldm.loggers import ResumableCSVLogger
 
     if choice is None:
         try:
@@ -193,7 +226,7 @@ def build_logger(choice: str | None, run_dir: Path, name: str) -> Any:
         return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
     if choice == "wandb":
         return loggers.WandbLogger(save_dir=run_dir, name=name, project="sketch-pix2pix")
-    return loggers.CSVLogger(save_dir=run_dir, name="", version="csv")
+    return ResumableCSVLogger(save_dir=run_dir, name="", version="csv", resume_step=resume_step)
 
 
 def run(opt: argparse.Namespace, overrides: list[str]) -> None:
@@ -223,7 +256,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     trainer_cfg.setdefault("max_steps", -1)
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        logger=build_logger(opt.logger, run_dir, run_dir.name),
+        logger=build_logger(opt.logger, run_dir, run_dir.name, checkpoint_step(resume_ckpt) if resume_ckpt else None),
         callbacks=build_callbacks(config, run_dir, every),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)

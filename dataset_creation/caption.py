@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldm.cli import ArgumentParser, run_cli
+from ldm.cli import ArgumentParser, run_script
 from ldm.image_io import ImageInputError, image_extensions, load_image
 from ldm.io import append_text_durable
 
@@ -251,7 +251,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     """Console entry point: a ValueError or OSError (missing folder or model, bad file) is one line and exit 2."""
-    return run_cli(PROG, lambda: main(argv), user_errors=(ValueError, OSError))
+    return run_script(PROG, main, argv)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_creation.generate_txt_dataset import id_hash
-from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, run_cli
 from ldm.edit_settings import SAMPLERS, read_model_config
 from ldm.errors import UserError
 from ldm.io import atomic_folder, write_text_atomic
@@ -160,13 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--clip-weights", required=True, help="local CLIP weights file (open_clip state dict or OpenAI .pt)")
     add("--n-samples", type=int_at_least(1), default=100, help="candidate pairs per triple")
     add("--max-out-samples", type=int_at_least(1), default=4, help="pairs kept per triple, best direction first")
-    add("--clip-threshold", type=float, default=0.2, help="min CLIP similarity of each image to its caption")
-    add("--clip-dir-threshold", type=float, default=0.2, help="min CLIP direction similarity")
-    add("--clip-img-threshold", type=float, default=0.7, help="min CLIP similarity of the two images")
-    add("--min-p2p", type=float, default=0.1, help="p ~ U(min, max): fraction of steps sharing attention")
-    add("--max-p2p", type=float, default=0.9, help="see --min-p2p")
-    add("--min-cfg", type=float, default=7.5, help="guidance scale ~ U(min, max)")
-    add("--max-cfg", type=float, default=15.0, help="see --min-cfg")
+    add("--clip-threshold", type=finite_float, default=0.2, help="min CLIP similarity of each image to its caption")
+    add("--clip-dir-threshold", type=finite_float, default=0.2, help="min CLIP direction similarity")
+    add("--clip-img-threshold", type=finite_float, default=0.7, help="min CLIP similarity of the two images")
+    add("--min-p2p", type=finite_float, default=0.1, help="p ~ U(min, max): fraction of steps sharing attention")
+    add("--max-p2p", type=finite_float, default=0.9, help="see --min-p2p")
+    add("--min-cfg", type=finite_float, default=7.5, help="guidance scale ~ U(min, max)")
+    add("--max-cfg", type=finite_float, default=15.0, help="see --min-cfg")
     add("--p2p-attention", choices=ATTENTION_KINDS, default="both",
         help="maps shared: self (as the original InstructPix2Pix code), cross (word-aligned), or both")  # fmt: skip
     add("--steps", type=int_at_least(1), default=100, help="sampling steps")

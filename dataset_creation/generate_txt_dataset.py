@@ -73,7 +73,7 @@ from dataset_creation.llm_client import (
     parse_reply,
     triple_problem,
 )
-from ldm.cli import ArgumentParser, UsageError, run_cli
+from ldm.cli import ArgumentParser, UsageError, finite_float, run_cli
 
 PROG = "generate_txt_dataset.py"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("language model")
     model.add_argument("--backend", choices=("openai", "local"), default="openai", help="HTTP API or local folder")
     model.add_argument("--api", choices=("completions", "chat"), default="completions", help="prompt style")
-    model.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0: greedy")
-    model.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    model.add_argument("--temperature", type=finite_float, default=0.7, help="sampling temperature; 0: greedy")
+    model.add_argument("--top-p", type=finite_float, default=1.0, help="nucleus sampling mass")
     model.add_argument("--max-tokens", type=int, default=128, help="tokens per reply")
     http = parser.add_argument_group("--backend openai")
     http.add_argument("--model", default=None, help="model name on the server")
@@ -298,10 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
         help=f"API root (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})",
     )
-    http.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a response")
+    http.add_argument("--timeout", type=finite_float, default=60.0, help="seconds to wait for a response")
     http.add_argument("--max-retries", type=int, default=5, help="retries of a request (429, 5xx, timeouts)")
-    http.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
-    http.add_argument("--requests-per-minute", type=float, default=None, help="rate limit over all workers")
+    http.add_argument("--backoff", type=finite_float, default=1.0,
+        help="first retry delay in seconds, doubled each time")
+    http.add_argument("--requests-per-minute", type=finite_float, default=None, help="rate limit over all workers")
     http.add_argument("--workers", type=int, default=4, help="requests at once")
     local = parser.add_argument_group("--backend local")
     local.add_argument("--model-path", default=None, help="transformers causal LM folder (config, weights, tokenizer)")

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from dataset_creation.openmoji.colors import luma
-from ldm.cli import ArgumentParser, run_cli
+from ldm.cli import ArgumentParser, finite_float, run_script
 from ldm.image_io import ImageInputError, image_extensions, load_image, save_image_atomic
 
 PROG = "make_sketches.py"
@@ -134,11 +134,11 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="folder of color images")
     parser.add_argument("--out", required=True, help="folder for the sketches (<stem>.png, created)")
-    parser.add_argument("--dark-threshold", type=float, default=defaults.dark_threshold,
+    parser.add_argument("--dark-threshold", type=finite_float, default=defaults.dark_threshold,
                         help="luma (0-255) below which a pixel is ink")  # fmt: skip
-    parser.add_argument("--edge-threshold", type=float, default=defaults.edge_threshold,
+    parser.add_argument("--edge-threshold", type=finite_float, default=defaults.edge_threshold,
                         help="luma levels an edge pixel is darker than its surround (higher: fewer lines)")  # fmt: skip
-    parser.add_argument("--sigma", type=float, default=None,
+    parser.add_argument("--sigma", type=finite_float, default=None,
                         help="narrow Gaussian of the DoG in px (default: 1 per 256 px of the longer side)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="redo sketches that already exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,7 +163,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     """Console entry point: a ValueError or OSError (missing folder, bad setting, unwritable output) exits 2."""
-    return run_cli(PROG, lambda: main(argv), user_errors=(ValueError, OSError))
+    return run_script(PROG, main, argv)
 
 
 if __name__ == "__main__":

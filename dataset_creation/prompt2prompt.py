@@ -17,7 +17,7 @@ every step; InstructPix2Pix draws p ~ U(0.1, 0.9) per pair):
   tokens align like any other token.
 `Sharing` chooses either or both kinds and, optionally, the layers (by module name).
 
-Batch layout the controller relies on: `TextCFGDenoiser` runs [conditional; unconditional]
+Batch layout the controller relies on: `CFGDenoiser` runs [conditional; unconditional]
 groups, and the latents of each group are [b source samples; b edited samples]. In the
 unconditional group both captions are "", so its cross-attention maps are shared one to one.
 
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.models.diffusion.sampling import TextCFGDenoiser, sample
+from ldm.models.diffusion.sampling import CFGDenoiser, sample
 from ldm.modules.attention import set_attention_controller
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,7 +160,7 @@ def sample_pairs(
     identity = torch.arange(token_ids.shape[1], device=token_ids.device)
     token_maps = torch.stack([align_tokens(token_ids[0].tolist(), token_ids[1].tolist()).to(identity), identity])
     controller = AttentionSharing(p.to(noise.device), len(sigmas) - 1, token_maps, sharing)
-    guided = StepTracker(TextCFGDenoiser(model_denoiser), controller, sigmas)
+    guided = StepTracker(CFGDenoiser(model_denoiser), controller, sigmas)
     draw = noise_sampler or (lambda sigma, sigma_next: torch.randn_like(noise))
     pair_noise = lambda sigma, sigma_next: draw(sigma, sigma_next).repeat(2, 1, 1, 1)  # same noise for both
     extra_args = {"cond": cond, "uncond": uncond, "cfg_scale": cfg_scale.repeat(2)}

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ldm.cli import ArgumentParser, run_cli
+from ldm.cli import ArgumentParser, finite_float, run_script
 from ldm.image_io import ImageInputError, decode_image, image_extensions, load_image
 from ldm.io import write_bytes_atomic
 
@@ -483,12 +483,13 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-column", default=None, help=f"caption column (default: first of {TEXT_COLUMNS})")
     for role in CSV_COLUMNS:
         parser.add_argument(f"--{role}-column", default=None, help=f"{role} column of --pairs-csv")
-    parser.add_argument("--max-distance", type=float, default=MAX_DISTANCE, help="largest accepted match distance")
+    parser.add_argument("--max-distance", type=finite_float, default=MAX_DISTANCE,
+        help="largest accepted match distance")
     parser.add_argument("--caption-model", type=Path, help="local BLIP folder: caption color images left unmatched")
     parser.add_argument("--caption-batch-size", type=int, default=8, help="images per BLIP batch")
     parser.add_argument("--size", type=int, default=None, help="resize both images to SIZE x SIZE (default: keep)")
-    parser.add_argument("--val-percent", type=float, default=5.0, help="share of pairs in val")
-    parser.add_argument("--test-percent", type=float, default=5.0, help="share of pairs in test")
+    parser.add_argument("--val-percent", type=finite_float, default=5.0, help="share of pairs in val")
+    parser.add_argument("--test-percent", type=finite_float, default=5.0, help="share of pairs in test")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(list(argv) if argv is not None else None)
 
@@ -516,12 +517,7 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     """Console entry point: a ValueError or OSError (missing or unreadable sources, bad options) exits 2."""
-
-    def run() -> int:
-        main(argv)
-        return 0
-
-    return run_cli(PROG, run, user_errors=(ValueError, OSError))
+    return run_script(PROG, main, argv)
 
 
 if __name__ == "__main__":

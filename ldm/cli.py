@@ -11,8 +11,9 @@ Torch-free on purpose: scripts import this before their arguments are checked, s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -57,6 +58,22 @@ def run_cli(
         return EXIT_INTERRUPTED
 
 
+def run_script(
+    prog: str,
+    main: Callable[[Sequence[str] | None], int | object],
+    argv: Sequence[str] | None = None,
+    user_errors: tuple[type[Exception], ...] = (ValueError, OSError),
+) -> int:
+    """`run_cli` for a script whose `main(argv)` raises ValueError/OSError for bad input and returns
+    its exit status, or a summary (a dict: success, 0)."""
+
+    def run() -> int:
+        result = main(argv)
+        return result if isinstance(result, int) else 0
+
+    return run_cli(prog, run, user_errors=user_errors)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the one-line error: `prog: error: <message> (see --help)`, exit 2."""
 
@@ -70,6 +87,17 @@ def existing_file(flag: str, path: str | None) -> Path | None:
     if path is not None and not Path(path).is_file():
         raise UsageError(f"{flag} {path}: no such file")
     return None if path is None else Path(path)
+
+
+def finite_float(text: str) -> float:
+    """An argparse `type` for real numbers: NaN and infinities are refused (they give black images, IoU 1.0, ...)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+finite_float.__name__ = "float"  # argparse names the type in "invalid float value" messages
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -4,7 +4,9 @@
 - `PRECISIONS`: autocast choices (`ldm.inference.autocast_dtype`);
 - `EDIT_DEFAULTS` and `SamplingOptions`: the original InstructPix2Pix CLI's settings;
 - `read_model_config`: a YAML's `model` section and its `edit_defaults` (a 64 px model wants
-  64 px edits): a value given by the user wins, else the config's, else `EDIT_DEFAULTS`.
+  64 px edits): a value given by the user wins, else the config's, else `EDIT_DEFAULTS`. A
+  relative `ckpt_path` is read from the working directory, else from the repository (so the
+  shipped models work from any folder).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ SAMPLERS = {
 }
 ANCESTRAL = frozenset({"euler_a", "dpmpp_2s_a"})  # samplers that draw fresh noise every step
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # the shipped reference model (models/openmoji-64): what edit_cli, the metrics and the app use by default
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "openmoji" / "reference" / "generate.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "openmoji" / "reference" / "generate.yaml"
 EDIT_DEFAULTS = {"resolution": 512, "steps": 100, "sampler": "euler_a", "cfg_text": 7.5, "cfg_image": 1.5}
 
 
@@ -61,6 +64,10 @@ def read_model_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
         raise ConfigError(f"--config {path}: no `model` section with target and params")
     model = dict(config["model"])
     model.pop("base_learning_rate", None)
+    params = model.get("params")
+    ckpt = Path(params["ckpt_path"]) if isinstance(params, dict) and params.get("ckpt_path") else None
+    if ckpt is not None and not ckpt.is_absolute() and not ckpt.exists() and (REPO_ROOT / ckpt).exists():
+        model["params"] = {**params, "ckpt_path": str(REPO_ROOT / ckpt)}  # a shipped model, run from elsewhere
     defaults = dict(config.get("edit_defaults") or {})
     unknown = sorted(set(defaults) - set(EDIT_DEFAULTS))
     if unknown:

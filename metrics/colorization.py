@@ -55,7 +55,7 @@ from dataset_creation.openmoji.colors import (
     normalize_hex,
     srgb_to_lab,
 )
-from ldm.cli import ArgumentParser, run_cli
+from ldm.cli import ArgumentParser, finite_float, run_script
 from ldm.image_io import load_image
 from ldm.io import write_files_atomic
 
@@ -381,7 +381,8 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--flat-color", default=None, help="hex color of the flat baseline (default: manifest)")
     parser.add_argument("--split", default=None, help="only rows whose 'split' column has this value")
     parser.add_argument("--id-column", default="pair_id", help="CSV column naming the prediction files")
-    parser.add_argument("--line-threshold", type=float, default=LINE_LUMA, help="luma below which a pixel is line")
+    parser.add_argument("--line-threshold", type=finite_float, default=LINE_LUMA,
+        help="luma below which a pixel is line")
     parser.add_argument(
         "--allow-missing", action="store_true", help="score only pairs predicted in every folder (else: error)"
     )
@@ -406,12 +407,7 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     """Console entry point: a ValueError or OSError (bad CSV, missing predictions or folders) is one line and exit 2."""
-
-    def run() -> int:
-        main(argv)
-        return 0
-
-    return run_cli(PROG, run, user_errors=(ValueError, OSError))
+    return run_script(PROG, main, argv)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
 from ldm.io import write_bytes_atomic
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
     add("--data", required=True, help="InstructPix2Pix dataset folder (seeds.json) or dataset_creation.openmoji's")
     add("--split", choices=SPLIT_NAMES, default="test", help="which split to evaluate")
-    add("--splits", type=float, nargs=3, default=DEFAULT_SPLITS, help="train/val/test fractions (seeds.json order)")
+    add("--splits", type=finite_float, nargs=3, default=DEFAULT_SPLITS,
+        help="train/val/test fractions (seeds.json order)")
     add("--num-samples", type=int_at_least(1), default=100, help="evaluate the first N entries of the split")
     add("--clip-model", default="ViT-L-14", help="open_clip model name (the paper: ViT-L-14) or a config .json")
     add("--clip-weights", required=True, help="local CLIP weights (open_clip state dict or OpenAI's ViT-L-14.pt)")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm.cli import ArgumentParser, existing_file, int_at_least, run_cli
+from ldm.cli import ArgumentParser, existing_file, finite_float, int_at_least, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, read_model_config
 
 FIXED = ("red", "blue", "green")
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-kind", type=int_at_least(1), default=None, help="the first N pairs of each kind [all pairs]")
     p.add_argument("--fixed", type=int_at_least(0), default=10, help="held-out sketches for make it red/blue/green")
     p.add_argument("--steps", type=int_at_least(1), default=20)
-    p.add_argument("--cfg-text", type=float, default=7.5)
-    p.add_argument("--cfg-image", type=float, default=1.5)
+    p.add_argument("--cfg-text", type=finite_float, default=7.5)
+    p.add_argument("--cfg-image", type=finite_float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int_at_least(1), default=64)
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch.set_num_threads")

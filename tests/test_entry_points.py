@@ -135,3 +135,22 @@ def test_documented_overrides_name_existing_config_keys() -> None:
         for override in overrides:
             key = override.split("=", 1)[0]
             assert OmegaConf.select(config, key, default=None) is not None, f"{where}: {key} is not in {existing}"
+
+
+def test_edit_cli_never_overwrites_its_inputs_and_refuses_non_finite_guidance(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "b.png")
+    original = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "jobs.jsonl").write_text('{"input": "b.png", "edit": "x", "output": "b.png"}\n')
+    for args, message in (
+        (["--input", "b.png", "--output", "b.png", "--edit", "x"], "b.png is an input of this run"),
+        (["--input", "jobs.jsonl"], "b.png is an input of this run"),
+        (["--input", "b.png", "--output", "o.png", "--edit", "x", "--cfg-text", "nan"], "must be a finite number"),
+        (["--input", "b.png", "--output", "o.png", "--edit", "x", "--cfg-image", "inf"], "must be a finite number"),
+    ):
+        result = subprocess.run([sys.executable, str(ROOT / "edit_cli.py"), *args], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert (tmp_path / "b.png").read_bytes() == original and not (tmp_path / "o.png").exists()

@@ -12,7 +12,7 @@ from helpers import ROOT
 from omegaconf import OmegaConf
 
 from dataset_creation.prompt2prompt import AttentionSharing, Sharing, StepTracker, align_tokens, sample_pairs
-from ldm.models.diffusion.sampling import TextCFGDenoiser, denoiser, get_sigmas, sample
+from ldm.models.diffusion.sampling import CFGDenoiser, denoiser, get_sigmas, sample
 
 TINY_TXT2IMG = ROOT / "configs" / "tests" / "tiny_txt2img.yaml"
 STEPS = 4
@@ -94,7 +94,7 @@ def independent(model, caption: str, index: int, b: int = 2) -> torch.Tensor:
     text = model.get_learned_conditioning([caption, ""])  # (2, T, D)
     draw = noise_sampler(b, 2)
     extra = {"cond": text[:1], "uncond": text[1:], "cfg_scale": 7.5}
-    z = sample(TextCFGDenoiser(model_denoiser), noise * sigmas[0], sigmas, "euler_a", extra,
+    z = sample(CFGDenoiser(model_denoiser), noise * sigmas[0], sigmas, "euler_a", extra,
                noise_sampler=lambda s, s_next: draw(s, s_next)[index : index + 1])  # fmt: skip
     return z[0]
 
@@ -114,14 +114,14 @@ def test_text_cfg_denoiser_batch_order_and_combination() -> None:
     sigma = torch.tensor([3.0, 3.0])
     cond, uncond = torch.full((2, 5, 8), 1.0), torch.zeros(2, 5, 8)
     stub = StubDenoiser()
-    out = TextCFGDenoiser(stub)(x, sigma, cond, uncond, cfg_scale=torch.tensor([7.5, 2.0]))
+    out = CFGDenoiser(stub)(x, sigma, cond, uncond, cfg_scale=torch.tensor([7.5, 2.0]))
     seen_x, seen_sigma, seen_cond = stub.seen
     assert torch.equal(seen_x, torch.cat([x, x])) and torch.equal(seen_sigma, torch.full((4,), 3.0))
     assert seen_cond["c_crossattn"][0][:, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0]  # [text; no text]
     # uncond + s * (cond - uncond) = (x + 3) + s * 100
     assert torch.equal(out[0], torch.full((4, 2, 2), 1 + 3 + 750.0))
     assert torch.equal(out[1], torch.full((4, 2, 2), 2 + 3 + 200.0))
-    scalar = TextCFGDenoiser(stub)(x, sigma, cond, uncond, cfg_scale=1.0)
+    scalar = CFGDenoiser(stub)(x, sigma, cond, uncond, cfg_scale=1.0)
     assert torch.equal(scalar, x + 3 + 100)  # scale 1: the conditional prediction
 
 

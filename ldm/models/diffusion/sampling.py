@@ -4,8 +4,8 @@
 model's own `alphas_cumprod` (eps or v parameterization). `CFGDenoiser` adds the
 InstructPix2Pix three-way classifier-free guidance in one batch of three:
 [text + image, no text + image, no text + no image], combined as
-`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`. `TextCFGDenoiser` is the
-two-way guidance of a text-to-image model, `uncond + s * (cond - uncond)` from one batch
+`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`; given `cfg_scale` instead it is
+the two-way guidance of a text-to-image model, `uncond + s * (cond - uncond)` from one batch
 [text; no text].
 Samplers are chosen by name and called with k-diffusion's signature
 `sample_*(model, x, sigmas, extra_args, callback, disable)`.
@@ -37,38 +37,14 @@ def denoiser(model: nn.Module) -> nn.Module:
 
 
 class CFGDenoiser(nn.Module):
-    """Three-way guidance for editing; `inner` is a k-diffusion denoiser of a hybrid-conditioned model."""
+    """Classifier-free guidance around `inner`, a k-diffusion denoiser: three-way for an editing
+    (hybrid) model given `text_cfg_scale` and `image_cfg_scale`, two-way for a text-to-image
+    model given `cfg_scale`.
 
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        sigma: torch.Tensor,
-        cond: Cond,
-        uncond: Cond,
-        text_cfg_scale: float,
-        image_cfg_scale: float,
-    ) -> torch.Tensor:
-        # z (B, C, h, w), sigma (B,); cond/uncond hold c_crossattn [(B, T, D)] and c_concat [(B, C', h, w)]
-        text, no_text = cond["c_crossattn"][0], uncond["c_crossattn"][0]
-        image, no_image = cond["c_concat"][0], uncond["c_concat"][0]
-        batched = {
-            "c_crossattn": [torch.cat([text, no_text, no_text])],
-            "c_concat": [torch.cat([image, image, no_image])],
-        }
-        full, img_only, uncond_out = self.inner(torch.cat([z] * 3), torch.cat([sigma] * 3), cond=batched).chunk(3)
-        return uncond_out + text_cfg_scale * (full - img_only) + image_cfg_scale * (img_only - uncond_out)
-
-
-class TextCFGDenoiser(nn.Module):
-    """Two-way guidance for text-to-image; `inner` is a k-diffusion denoiser of a cross-attention model.
-
-    The model sees one batch of 2B: the B samples with their text, then the same B samples
-    with the empty text, so attention controllers (Prompt-to-Prompt) find the conditional
-    half first and each half in the order of `z`. `cfg_scale` is one number or one per sample.
+    Two-way: the model sees one batch of 2B, the B samples with their text, then the same B
+    samples with the empty text, so attention controllers (Prompt-to-Prompt) find the
+    conditional half first and each half in the order of `z`. `cfg_scale` is one number or
+    one per sample.
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -79,11 +55,33 @@ class TextCFGDenoiser(nn.Module):
         self,
         z: torch.Tensor,
         sigma: torch.Tensor,
+        cond: Cond | torch.Tensor,
+        uncond: Cond | torch.Tensor,
+        text_cfg_scale: float = 1.0,
+        image_cfg_scale: float = 1.0,
+        cfg_scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if cfg_scale is not None:
+            return self.text_guided(z, sigma, cond, uncond, cfg_scale)
+        # z (B, C, h, w), sigma (B,); cond/uncond hold c_crossattn [(B, T, D)] and c_concat [(B, C', h, w)]
+        text, no_text = cond["c_crossattn"][0], uncond["c_crossattn"][0]
+        image, no_image = cond["c_concat"][0], uncond["c_concat"][0]
+        batched = {
+            "c_crossattn": [torch.cat([text, no_text, no_text])],
+            "c_concat": [torch.cat([image, image, no_image])],
+        }
+        full, img_only, uncond_out = self.inner(torch.cat([z] * 3), torch.cat([sigma] * 3), cond=batched).chunk(3)
+        return uncond_out + text_cfg_scale * (full - img_only) + image_cfg_scale * (img_only - uncond_out)
+
+    def text_guided(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
         cond: torch.Tensor,
         uncond: torch.Tensor,
         cfg_scale: float | torch.Tensor,
     ) -> torch.Tensor:
-        # z (B, C, h, w), sigma (B,), cond/uncond (B, T, D), cfg_scale a number or (B,)
+        """Two-way guidance `uncond + s * (cond - uncond)`; z (B, C, h, w), sigma (B,), cond/uncond (B, T, D)."""
         batched = {"c_crossattn": [torch.cat([cond, uncond])]}
         with_text, without_text = self.inner(torch.cat([z, z]), torch.cat([sigma, sigma]), cond=batched).chunk(2)
         scale = torch.as_tensor(cfg_scale, dtype=with_text.dtype, device=z.device)

@@ -1,0 +1,52 @@
+"""main.py resumes keep the CSV history and fall back to the newest readable checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from helpers import TINY_CONFIG, make_edit_dataset, run_main
+
+from ldm.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow  # each case runs main.py two or three times
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_edit_dataset(tmp_path_factory.mktemp("data") / "edits", n=16)
+
+
+def train(dataset: Path, logdir: Path, name: str, steps: int) -> str:
+    args = ["--base", str(TINY_CONFIG), "--train", "--name", name, "--logdir", str(logdir), "--logger", "csv",
+            "--max_steps", str(steps), "--checkpoint_every", "3", f"data.params.train.params.path={dataset}",
+            "lightning.trainer.log_every_n_steps=1"]  # fmt: skip
+    result = run_main(args, cwd=logdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [int(float(r["step"])) for r in csv.DictReader(f) if r.get("train/loss_simple")]
+
+
+def test_a_resumed_csv_log_holds_every_step_once(dataset, tmp_path) -> None:
+    train(dataset, tmp_path, "whole", 9)
+    train(dataset, tmp_path, "resumed", 6)
+    before = logged_steps(tmp_path / "resumed")
+    train(dataset, tmp_path, "resumed", 9)  # same --name: resumes from last.ckpt at step 6
+    assert logged_steps(tmp_path / "resumed") == logged_steps(tmp_path / "whole")
+    assert logged_steps(tmp_path / "resumed")[: len(before)] == before  # the rows before the resume are kept
+
+
+def test_a_truncated_last_ckpt_falls_back_to_the_newest_step_checkpoint(dataset, tmp_path) -> None:
+    train(dataset, tmp_path, "run", 6)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a kill in the middle of writing it
+    err = train(dataset, tmp_path, "run", 9)
+    assert f"passing over {last}" in err and "step-000006.ckpt (step 6)" in err
+    assert read_checkpoint(last)["global_step"] == 9
+    assert logged_steps(tmp_path / "run") == list(range(len(logged_steps(tmp_path / "run"))))  # no step twice
