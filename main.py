@@ -209,6 +209,46 @@ def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
     return callbacks
 
 
+def check_devices(trainer_cfg: dict[str, Any]) -> None:
+    """A GPU run on a machine without one is a one-line mistake, not Lightning's traceback."""
+    import torch
+
+    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError("--gpus / accelerator gpu: no CUDA GPU is available here; drop the flag to train on the CPU")
+
+
+def check_writable(run_dir: Path) -> None:
+    """The run folder can be made and written in (a logdir that is a file or read-only fails here); creates nothing."""
+    ancestor = run_dir
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--logdir: cannot make the run folder {run_dir}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--logdir: no permission to write in {ancestor}")
+
+
+def check_resume_fits(model: Any, ckpt: Path) -> None:
+    """The checkpoint to resume holds this model's tensors with this model's shapes; else one line naming
+    the first that does not fit (Lightning would print hundreds of lines)."""
+    from ldm.checkpoint import describe_keys, read_checkpoint
+
+    state = read_checkpoint(ckpt).get("state_dict", {})
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise UsageError(
+            f"--resume {ckpt}: {len(wrong)} tensors do not fit this config's model, e.g. {k}: checkpoint "
+            f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)}; resume with the config the run was trained with"
+        )
+    if missing or unexpected:
+        detail = f"missing {describe_keys(missing)}" if missing else f"unexpected {describe_keys(unexpected)}"
+        raise UsageError(f"--resume {ckpt}: not a checkpoint of this config's model ({detail})")
+
+
 def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int | None) -> Any:
     """The run's logger; a CSV log resumed at `resume_step` keeps the rows of the steps before it."""
     from pytorch_lightning import loggers
@@ -249,8 +289,12 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
         raise UsageError("the config has no 'model' section")
     if not opt.train and "validation" not in config.data.get("params", {}):
         raise UsageError("nothing to validate: the config sets no data.params.validation; pass --train to train")
+    check_devices(trainer_cfg)
+    check_writable(run_dir)
     data = instantiate_from_config(config.data, "data")
     model = build_model(config, init_ckpt, learning_rate(opt, config, trainer_cfg))
+    if resume_ckpt is not None:
+        check_resume_fits(model, resume_ckpt)  # before anything is written beside it
 
     every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
     trainer_cfg.setdefault("max_steps", -1)

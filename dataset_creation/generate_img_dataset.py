@@ -74,7 +74,6 @@ from tqdm import tqdm
 from dataset_creation.generate_txt_dataset import id_hash
 from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, run_cli
 from ldm.edit_settings import SAMPLERS, read_model_config
-from ldm.errors import UserError
 from ldm.io import atomic_folder, write_text_atomic
 
 if TYPE_CHECKING:
@@ -409,7 +408,7 @@ def save_settings(out: Path, settings: Settings) -> None:
 # ---- running ------------------------------------------------------------------------------------
 def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerator:
     """Device and precision (chosen once, here), the text-to-image model and CLIP; UsageError for any failure."""
-    from ldm.inference import autocast_dtype, load_model, model_stride, pick_device
+    from ldm.inference import autocast_dtype, model_stride, open_model, pick_device
     from ldm.modules.encoders.clip_image import ClipSimilarity
 
     model_config, _ = read_model_config(args.config)
@@ -433,12 +432,7 @@ def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerato
         clip = ClipSimilarity(args.clip_model, clip_weights)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise UsageError(f"cannot load CLIP {args.clip_model} from {clip_weights}: {err}") from err
-    try:
-        model = load_model(model_config, ckpt, args.vae_ckpt)
-    except UserError:
-        raise
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
-        raise UsageError(f"--ckpt {ckpt}: cannot load the model ({err})") from err
+    model = open_model(model_config, ckpt, args.vae_ckpt)
     stride = model_stride(model)
     if settings.resolution % stride:
         raise UsageError(f"--resolution {settings.resolution}: must be a multiple of {stride} for this model")

@@ -202,10 +202,23 @@ def load_editor(
         dtype = autocast_dtype(precision, torch_device)
     except ValueError as err:
         raise UserError(f"--precision {err}") from err
+    return ImageEditor(open_model(model_config, ckpt, vae_ckpt), torch_device, dtype)
+
+
+def open_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | Path | None = None) -> LatentDiffusion:
+    """`load_model` for command lines and the app: every failure is a UserError naming the file's flag."""
+    failures = (OSError, ValueError, RuntimeError, EOFError, KeyError)
     try:
-        model = load_model(model_config, ckpt, vae_ckpt)
+        model = load_model(model_config, ckpt)
     except UserError:
         raise
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+    except failures as err:
         raise UserError(f"--ckpt {ckpt}: cannot load the model ({err})") from err
-    return ImageEditor(model, torch_device, dtype)
+    if vae_ckpt is not None:
+        try:
+            model.first_stage_model.init_from_ckpt(vae_ckpt)
+        except UserError:
+            raise
+        except failures as err:
+            raise UserError(f"--vae-ckpt {vae_ckpt}: cannot load the autoencoder ({err})") from err
+    return model

@@ -50,3 +50,32 @@ def test_a_truncated_last_ckpt_falls_back_to_the_newest_step_checkpoint(dataset,
     assert f"passing over {last}" in err and "step-000006.ckpt (step 6)" in err
     assert read_checkpoint(last)["global_step"] == 9
     assert logged_steps(tmp_path / "run") == list(range(len(logged_steps(tmp_path / "run"))))  # no step twice
+
+
+def one_error(result, *fragments: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("main.py: error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all(f in errors[0] for f in fragments), errors[0]
+
+
+def test_a_resume_with_another_architecture_is_one_line_and_writes_nothing(dataset, tmp_path) -> None:
+    train(dataset, tmp_path, "run", 3)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    result = run_main(["--resume", str(tmp_path / "run"), "--train", "--max_steps", "6",
+                       "model.params.unet_config.params.model_channels=64"], cwd=tmp_path)  # fmt: skip
+    one_error(result, "--resume", "do not fit this config's model", "model.diffusion_model.")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+    narrow = run_main(["--resume", str(tmp_path / "run"), "--train", "--max_steps", "6",
+                       "model.params.unet_config.params.model_channels=16"], cwd=tmp_path)  # fmt: skip
+    one_error(narrow, "model.params.unet_config.params.model_channels: 16", "multiple of 32")
+
+
+def test_run_folder_and_device_mistakes_are_one_line(dataset, tmp_path) -> None:
+    import torch
+
+    (tmp_path / "afile").write_text("not a folder")
+    args = ["--base", str(TINY_CONFIG), "--train", f"data.params.train.params.path={dataset}"]
+    one_error(run_main([*args, "--logdir", str(tmp_path / "afile")], cwd=tmp_path), "--logdir", "is a file")
+    if not torch.cuda.is_available():
+        one_error(run_main([*args, "--logdir", str(tmp_path), "--gpus", "0,"], cwd=tmp_path), "no CUDA GPU")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

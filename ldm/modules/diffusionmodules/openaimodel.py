@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.errors import ConfigError
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import (
     avg_pool_nd,
@@ -34,6 +35,7 @@ from ldm.modules.diffusionmodules.util import (
     timestep_embedding,
     zero_module,
 )
+from ldm.util import config_path
 
 
 class TimestepBlock(nn.Module):
@@ -225,6 +227,12 @@ class UNetModel(nn.Module):
             )
         if num_heads == -1 and num_head_channels == -1:
             raise ValueError("set num_heads or num_head_channels")
+        widths = [model_channels * mult for mult in (1, *channel_mult)]
+        if any(width % 32 for width in widths):
+            raise ConfigError(
+                f"{config_path('model_channels')}: {model_channels} x channel_mult {list(channel_mult)} gives widths "
+                f"{widths}; each must be a multiple of 32 (the GroupNorm groups), e.g. model_channels 32 or 64"
+            )
 
         self.image_size = image_size
         self.in_channels = in_channels
