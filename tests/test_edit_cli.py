@@ -321,7 +321,7 @@ def test_jsonl_job_guidance_overrides_the_flags(files, tmp_path, capsys) -> None
     ]
     (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(job) + "\n" for job in jobs))
     assert edit_cli.main(cli_args(files, "--input", str(tmp_path / "jobs.jsonl"), "--seed", "7")) == 1
-    assert "jobs.jsonl:3: 'cfg_text' is not a number" in capsys.readouterr().err
+    assert "jobs.jsonl:3: 'cfg_text' is not a finite number" in capsys.readouterr().err
     args = ["--input", str(tmp_path / "a.png"), "--edit", "make it blue", "--cfg-text", "0", "--cfg-image", "2.5",
             "--seed", "7"]  # fmt: skip
     assert edit_cli.main(cli_args(files, *args, "--output", str(tmp_path / "flags.png"))) == 0
