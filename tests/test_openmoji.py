@@ -282,6 +282,11 @@ def test_small_build_writes_both_layouts_and_resumes(tmp_path, splits):
     assert cli.run(cli.parse_args(args))["pairs_written"] == 1
     assert (out / train[0]["edited_image"]).is_file()
 
+    whole = (out / train[1]["input_image"]).read_bytes()
+    (out / train[1]["input_image"]).write_bytes(whole[: len(whole) // 2])  # a truncated PNG (a full disk, a kill)
+    assert cli.run(cli.parse_args(args))["pairs_written"] == 1
+    assert (out / train[1]["input_image"]).read_bytes() == whole
+
 
 def test_cli_mistakes_are_one_line(tmp_path, capsys):
     """A negative --limit (and other bad options or --out) is one `openmoji: error:` line, non-zero, no traceback."""
