@@ -97,3 +97,28 @@ def test_load_strict_names_what_does_not_fit() -> None:
         load_strict(module, {**full, "extra": torch.zeros(1)}, "x.ckpt")
     with pytest.raises(CheckpointMismatchError, match=r"weight: checkpoint \(2, 2\) vs model \(3, 2\)"):
         load_strict(module, {**full, "weight": torch.ones(2, 2)}, "x.ckpt")
+
+
+def test_schedule_buffers_may_be_absent_but_never_different(tmp_path: Path, caplog) -> None:
+    """diffusers' diffusers-to-original script writes no schedule buffers: they come from the config, and a
+    checkpoint whose buffers are another schedule is refused naming the first one."""
+    from helpers import tiny_model, tiny_model_config
+
+    from ldm.models.diffusion.loading import init_from_ckpt
+    from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
+    from ldm.util import instantiate_from_config
+
+    source = tiny_model(use_ema=False)
+    state = {k: v for k, v in source.state_dict().items() if k not in SCHEDULE_BUFFERS}
+    torch.save(state, tmp_path / "no_schedule.ckpt")
+    fresh = instantiate_from_config(tiny_model_config(use_ema=False), "model")
+    with caplog.at_level("WARNING"):
+        init_from_ckpt(fresh, tmp_path / "no_schedule.ckpt")
+    assert "no_schedule.ckpt has no noise-schedule buffers; computed from the config's schedule" in caplog.text
+    for key, value in source.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+    torch.save(source.state_dict(), tmp_path / "full.ckpt")
+    other = instantiate_from_config(tiny_model_config(use_ema=False, linear_end=0.02), "model")
+    with pytest.raises(CheckpointMismatchError, match=r"full.ckpt: betas differs from the config's noise schedule"):
+        init_from_ckpt(other, tmp_path / "full.ckpt")

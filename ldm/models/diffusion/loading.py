@@ -10,6 +10,9 @@ except for a short documented allow-list:
 - `model_ema.*` in the checkpoint when `load_ema` is off (its EMA is not wanted; a new
   EMA starts from the loaded weights);
 - model keys under `ignore_keys` prefixes, which the user asked to leave untouched;
+- the 12 noise-schedule buffers (`schedule.SCHEDULE_BUFFERS`), which diffusers' converters do
+  not write: absent ones are computed from the config (one log line); present ones must equal
+  the config's schedule, or loading stops naming the first buffer that differs;
 - a missing `scale_factor` buffer (models with `scale_by_std` measure it on their first batch).
 
 The UNet's first convolution may have more input channels than the checkpoint's (the
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from ldm.checkpoint import CheckpointMismatchError, load_state_dict_file, load_strict
+from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
 from ldm.util import config_path
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,24 @@ def expand_input_channels(weight: torch.Tensor, shape: torch.Size) -> torch.Tens
     return expanded
 
 
+def check_schedule(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path) -> None:
+    """The checkpoint's noise-schedule buffers are the config's; absent ones (diffusers' converter writes
+    none) keep the values computed from the config, said in one line."""
+    schedule = [k for k in SCHEDULE_BUFFERS if k in own]
+    absent = [k for k in schedule if k not in state]
+    if absent:
+        log.warning("%s has no %s; computed from the config's schedule", path, "noise-schedule buffers"
+                    if len(absent) == len(schedule) else ", ".join(absent))  # fmt: skip
+    for key in schedule:
+        if key in state and not torch.allclose(state[key].float(), own[key].float(), rtol=2e-3, atol=1e-6):
+            t = int((state[key].float() - own[key].float()).abs().argmax())
+            raise CheckpointMismatchError(
+                f"{path}: {key} differs from the config's noise schedule (t={t}: checkpoint "
+                f"{float(state[key][t]):.6g} vs config {float(own[key][t]):.6g}); set timesteps, linear_start, "
+                "linear_end and zero_terminal_snr as the checkpoint was trained"
+            )
+
+
 def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str] = (), load_ema: bool = True) -> None:
     """Load weights from `path` (.ckpt, bare state dict or .safetensors) into `model`, strictly."""
     state = load_state_dict_file(path)
@@ -69,6 +91,7 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
         )
 
     own = model.state_dict()
+    check_schedule(state, own, path)
     for key in INPUT_CONV_KEYS:
         if key in state and key in own and state[key].shape != own[key].shape:
             old, new = tuple(state[key].shape), tuple(own[key].shape)
@@ -81,7 +104,8 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
         model,
         state,
         path,
-        may_miss=lambda k: k in TOLERATED_KEYS + TOLERATED_MISSING or bool(ignore and k.startswith(ignore)),
+        may_miss=lambda k: k in TOLERATED_KEYS + TOLERATED_MISSING + SCHEDULE_BUFFERS
+        or bool(ignore and k.startswith(ignore)),
         may_add=lambda k: k in TOLERATED_KEYS or k.startswith(TOLERATED_UNEXPECTED_PREFIXES),
         advice=f"fix the config or list prefixes to skip in {config_path('ignore_keys')}",
     )
