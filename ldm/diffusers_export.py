@@ -14,7 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
@@ -25,6 +30,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextModel
 
 from ldm.models.diffusion.ddpm_edit import LatentDiffusion
+from ldm.modules.encoders.modules import FrozenCLIPEmbedder
 
 
 def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:
@@ -33,8 +39,16 @@ def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], assig
 
 def to_diffusers_pipeline(
     model: LatentDiffusion, model_config: dict[str, Any], scheduler: Any
-) -> StableDiffusionInstructPix2PixPipeline:
-    """`model` (built from `model_config`, the YAML `model` section) as a diffusers pipeline with `scheduler`."""
+) -> StableDiffusionInstructPix2PixPipeline | StableDiffusionPipeline:
+    """`model` (built from `model_config`, the YAML `model` section) as a diffusers pipeline with `scheduler`:
+    StableDiffusionInstructPix2PixPipeline for an editing (hybrid) model, StableDiffusionPipeline for text-to-image.
+    The text encoder must be CLIP (FrozenCLIPEmbedder)."""
+    encoder = model.cond_stage_model
+    if not isinstance(encoder, FrozenCLIPEmbedder):
+        raise ValueError(
+            f"the text encoder is {type(encoder).__name__}, not CLIP: diffusers' Stable Diffusion pipelines "
+            "take a CLIP text model"
+        )
     ddconfig = model_config["params"]["first_stage_config"]["params"]["ddconfig"]
     if ddconfig["attn_resolutions"]:
         raise ValueError("diffusers' VAE converter maps mid-block attention only; attn_resolutions must be []")
@@ -52,7 +66,6 @@ def to_diffusers_pipeline(
         vae = AutoencoderKL(**vae_config)
     _load_exactly(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), assign=True)
 
-    encoder = model.cond_stage_model
     text_encoder = CLIPTextModel(encoder.transformer.config)
     text_state = convert_ldm_clip_checkpoint(checkpoint)  # "text_model.*" keys
     if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
@@ -60,7 +73,9 @@ def to_diffusers_pipeline(
     result = text_encoder.load_state_dict(text_state, strict=False)
     assert not result.unexpected_keys and set(result.missing_keys) <= {"text_model.embeddings.position_ids"}
 
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    editing = model.model.conditioning_key == "hybrid"
+    pipeline = StableDiffusionInstructPix2PixPipeline if editing else StableDiffusionPipeline
+    pipe = pipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=encoder.tokenizer,

@@ -1,0 +1,75 @@
+"""Export a model of this project as a diffusers pipeline folder.
+
+    python scripts/convert_to_diffusers.py --config configs/generate.yaml --ckpt logs/run/checkpoints/last.ckpt \
+        --out exported/my-editor [--half]
+
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("exported/my-editor")
+
+An editing (8-channel, hybrid) model becomes a `StableDiffusionInstructPix2PixPipeline`, a
+text-to-image one a `StableDiffusionPipeline`: `model_index.json`, unet, vae, text_encoder,
+tokenizer and scheduler, written by diffusers' and transformers' own `save_pretrained` in
+safetensors. Keys go through diffusers' own single-file converters (`ldm/diffusers_export.py`).
+The checkpoint's EMA weights are used when it has them (`ldm.inference.load_model`). The
+scheduler is Euler ancestral (diffusers' InstructPix2Pix default) on the model's exact betas and
+parameterization. The folder appears complete or not at all. Text encoders other than CLIP
+(the OpenMoji models' MiniLM) are refused for now: the Stable Diffusion pipelines take CLIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ldm.cli import ArgumentParser, UsageError, existing_file, run_cli
+from ldm.edit_settings import read_model_config
+
+PROG = "convert_to_diffusers.py"
+
+
+def convert(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from ldm.diffusers_export import to_diffusers_pipeline
+    from ldm.inference import open_model
+    from ldm.io import atomic_folder
+
+    model_config, _ = read_model_config(args.config)
+    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
+    if ckpt is None:
+        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"--out {out}: already exists; give a new folder")
+    model = open_model(model_config, ckpt)
+    scheduler = EulerAncestralDiscreteScheduler(
+        num_train_timesteps=model.num_timesteps,
+        trained_betas=model.betas.double().numpy().tolist(),
+        prediction_type="v_prediction" if model.parameterization == "v" else "epsilon",
+    )
+    try:
+        pipe = to_diffusers_pipeline(model, model_config, scheduler)
+    except ValueError as err:
+        raise UsageError(f"--config {args.config}: {err}") from err
+    if args.half:
+        pipe.to(torch.float16)
+    with atomic_folder(out) as folder:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    print(f"wrote {type(pipe).__name__} to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML whose `model` section builds the model")
+    parser.add_argument("--ckpt", help="weights (.ckpt or .safetensors); default: the config's model.params.ckpt_path")
+    parser.add_argument("--out", required=True, help="the pipeline folder to create")
+    parser.add_argument("--half", action="store_true", help="save fp16 weights")
+    args = parser.parse_args(argv)
+    return run_cli(PROG, lambda: convert(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""scripts/convert_to_diffusers.py: the saved folder loads with diffusers' from_pretrained and computes as our model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, TINY_CONFIG, tiny_model
+from omegaconf import OmegaConf
+
+pytest.importorskip("diffusers")
+SCRIPT = ROOT / "scripts" / "convert_to_diffusers.py"
+
+
+def convert(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_an_editing_model_round_trips_through_a_pipeline_folder(tmp_path: Path) -> None:
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    model = tiny_model()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "tiny.ckpt")
+    OmegaConf.save({"model": OmegaConf.load(TINY_CONFIG).model}, tmp_path / "tiny.yaml")
+    result = convert("--config", "tiny.yaml", "--ckpt", "tiny.ckpt", "--out", "pipe", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "StableDiffusionInstructPix2PixPipeline" in result.stdout
+    for part in ("unet", "vae", "text_encoder"):
+        assert list((tmp_path / "pipe" / part).glob("*.safetensors")), part
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "pipe", safety_checker=None)
+    assert isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler)
+    torch.testing.assert_close(pipe.scheduler.betas, model.betas, rtol=1e-6, atol=0)
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 8, 8, generator=generator)
+    image_latent = torch.randn(2, 4, 8, 8, generator=generator)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        context = model.get_learned_conditioning(["make it red", ""])  # (2, 77, D)
+        ids = pipe.tokenizer(["make it red", ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        torch.testing.assert_close(pipe.text_encoder(ids)[0], context, rtol=1e-5, atol=1e-5)
+        ours = model.apply_model(z, t, {"c_concat": [image_latent], "c_crossattn": [context]})
+        theirs = pipe.unet(torch.cat([z, image_latent], dim=1), t, encoder_hidden_states=context).sample
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pipe.vae.decode(z).sample, model.first_stage_model.decode(z), rtol=1e-5, atol=1e-5)
+
+    half = convert("--config", "tiny.yaml", "--ckpt", "tiny.ckpt", "--out", "half", "--half", cwd=tmp_path)
+    assert half.returncode == 0, half.stderr[-3000:]
+    from safetensors import safe_open
+
+    [weights] = (tmp_path / "half" / "unet").glob("*.safetensors")
+    with safe_open(str(weights), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    loaded = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "half", torch_dtype=torch.float16)
+    assert loaded.unet.dtype == torch.float16
+
+
+def test_mistakes_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    config = ROOT / "configs" / "openmoji" / "reference" / "generate.yaml"  # MiniLM: not a CLIP text encoder
+    result = convert("--config", str(config), "--out", "pipe", cwd=tmp_path)
+    assert result.returncode == 2 and "not CLIP" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    (tmp_path / "taken").mkdir()
+    result = convert("--config", str(config), "--out", "taken", cwd=tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
