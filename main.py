@@ -231,22 +231,10 @@ def check_writable(run_dir: Path) -> None:
 def check_resume_fits(model: Any, ckpt: Path) -> None:
     """The checkpoint to resume holds this model's tensors with this model's shapes; else one line naming
     the first that does not fit (Lightning would print hundreds of lines)."""
-    from ldm.checkpoint import describe_keys, read_checkpoint
+    from ldm.checkpoint import check_fits, read_checkpoint
 
     state = read_checkpoint(ckpt).get("state_dict", {})
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise UsageError(
-            f"--resume {ckpt}: {len(wrong)} tensors do not fit this config's model, e.g. {k}: checkpoint "
-            f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)}; resume with the config the run was trained with"
-        )
-    if missing or unexpected:
-        detail = f"missing {describe_keys(missing)}" if missing else f"unexpected {describe_keys(unexpected)}"
-        raise UsageError(f"--resume {ckpt}: not a checkpoint of this config's model ({detail})")
+    check_fits(model, state, f"--resume {ckpt}", advice="resume with the config the run was trained with")
 
 
 def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int | None) -> Any:

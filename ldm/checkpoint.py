@@ -120,7 +120,7 @@ def describe_keys(keys: Sequence[str]) -> str:
     return f"{len(keys)} ({shown}{', ...' if len(keys) > 3 else ''})"
 
 
-def load_strict(
+def check_fits(
     module: nn.Module,
     state: dict[str, torch.Tensor],
     source: str | Path,
@@ -128,23 +128,20 @@ def load_strict(
     may_add: Callable[[str], bool] = lambda key: False,
     advice: str = "is the config the checkpoint's architecture?",
 ) -> None:
-    """Load `state` into `module`: every key must land and every module key be filled, shapes must match.
-
-    The caller's allow-list: `may_miss(key)` for module keys the checkpoint may lack, `may_add(key)`
-    for checkpoint keys the module may lack. The error names `source`, the first offending keys
-    and `advice`.
-    """
+    """CheckpointMismatchError unless every key of `state` lands in `module` with its shape and every module
+    key is filled. The caller's allow-list: `may_miss(key)` for module keys the checkpoint may lack,
+    `may_add(key)` for checkpoint keys the module may lack. The error names `source`, the first
+    offending keys and `advice`."""
     own = module.state_dict()
     wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
     if wrong_shape:
         k = wrong_shape[0]
         raise CheckpointMismatchError(
             f"{source}: {len(wrong_shape)} tensors have the wrong shape, e.g. {k}: checkpoint "
-            f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)}; is the config the checkpoint's architecture?"
+            f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)}; {advice}"
         )
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not may_miss(k)]
-    unexpected = [k for k in unexpected if not may_add(k)]
+    missing = [k for k in own if k not in state and not may_miss(k)]
+    unexpected = [k for k in state if k not in own and not may_add(k)]
     if missing or unexpected:
         parts = []
         if missing:
@@ -154,3 +151,16 @@ def load_strict(
         raise CheckpointMismatchError(
             f"{source} does not match {type(module).__name__} ({'; '.join(parts)}); {advice}"
         )
+
+
+def load_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str | Path,
+    may_miss: Callable[[str], bool] = lambda key: False,
+    may_add: Callable[[str], bool] = lambda key: False,
+    advice: str = "is the config the checkpoint's architecture?",
+) -> None:
+    """`check_fits`, then load `state` into `module`."""
+    check_fits(module, state, source, may_miss, may_add, advice)
+    module.load_state_dict(state, strict=False)
