@@ -153,14 +153,7 @@ def check_fits(
         )
 
 
-def load_strict(
-    module: nn.Module,
-    state: dict[str, torch.Tensor],
-    source: str | Path,
-    may_miss: Callable[[str], bool] = lambda key: False,
-    may_add: Callable[[str], bool] = lambda key: False,
-    advice: str = "is the config the checkpoint's architecture?",
-) -> None:
-    """`check_fits`, then load `state` into `module`."""
-    check_fits(module, state, source, may_miss, may_add, advice)
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path, **allow: Any) -> None:
+    """`check_fits(module, state, source, **allow)` (allow: may_miss, may_add, advice), then load `state`."""
+    check_fits(module, state, source, **allow)
     module.load_state_dict(state, strict=False)
