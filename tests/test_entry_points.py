@@ -75,6 +75,11 @@ ENTRY_POINTS = {
         ["--out", "o", "--pairs", "missing.csv"],
         ["--out", "o", "--steps", "0"],
     ),
+    "convert_to_diffusers": (
+        ["scripts/convert_to_diffusers.py"],
+        ["--config", "missing.yaml", "--out", "pipe"],
+        ["--config", "c.yaml", "--out", "pipe", "--no-such-flag"],
+    ),
     "export_emaonly": (
         ["scripts/export_emaonly.py"],
         ["--ckpt", "missing.ckpt", "--out", "o.safetensors"],
