@@ -228,13 +228,15 @@ def check_writable(run_dir: Path) -> None:
         raise UsageError(f"--logdir: no permission to write in {ancestor}")
 
 
-def check_resume_fits(model: Any, ckpt: Path) -> None:
-    """The checkpoint to resume holds this model's tensors with this model's shapes; else one line naming
-    the first that does not fit (Lightning would print hundreds of lines)."""
+def check_resume_fits(model: Any, ckpt: Path) -> int:
+    """The global step of the checkpoint to resume, once it is known to hold this model's tensors with this
+    model's shapes; else one line naming the first that does not fit (Lightning would print hundreds)."""
     from ldm.checkpoint import check_fits, read_checkpoint
 
-    state = read_checkpoint(ckpt).get("state_dict", {})
-    check_fits(model, state, f"--resume {ckpt}", advice="resume with the config the run was trained with")
+    checkpoint = read_checkpoint(ckpt)
+    check_fits(model, checkpoint.get("state_dict", {}), f"--resume {ckpt}",
+               advice="resume with the config the run was trained with")  # fmt: skip
+    return int(checkpoint.get("global_step", -1))
 
 
 def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int | None) -> Any:
@@ -281,14 +283,13 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     check_writable(run_dir)
     data = instantiate_from_config(config.data, "data")
     model = build_model(config, init_ckpt, learning_rate(opt, config, trainer_cfg))
-    if resume_ckpt is not None:
-        check_resume_fits(model, resume_ckpt)  # before anything is written beside it
+    resume_step = None if resume_ckpt is None else check_resume_fits(model, resume_ckpt)  # before anything is written
 
     every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
     trainer_cfg.setdefault("max_steps", -1)
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        logger=build_logger(opt.logger, run_dir, run_dir.name, checkpoint_step(resume_ckpt) if resume_ckpt else None),
+        logger=build_logger(opt.logger, run_dir, run_dir.name, resume_step),
         callbacks=build_callbacks(config, run_dir, every),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)
