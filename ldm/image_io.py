@@ -7,7 +7,8 @@ transparency composited over white (line art is often black strokes on alpha), 1
 grayscale scaled to 8 bits, palette / CMYK / grayscale converted; files that are not images,
 are truncated, or are larger than a pixel limit raise `ImageInputError` with the reason
 (`decode_image` does the same for bytes in memory). `fit_to_stride` resizes to the model's
-grid as the original InstructPix2Pix `edit_cli.py` did. `save_image_atomic` writes a temporary
+grid as the original InstructPix2Pix `edit_cli.py` did. `keep_lines` lays the input's line
+art over a result (multiply), as colorists do. `save_image_atomic` writes a temporary
 file beside the target and renames it over the target, so a reader never sees a partial image
 and a failure leaves nothing.
 """
@@ -139,6 +140,27 @@ def fit_to_stride(image: Image.Image, resolution: int, stride: int) -> Image.Ima
     if size == image.size:
         return image
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
+
+
+LINE_NEUTRAL = 32  # max - min of R, G, B at or below which an input pixel is ink (black to gray), not a fill
+
+
+def keep_lines(result: Image.Image, source: Image.Image) -> Image.Image:
+    """Composite the source's line art over `result` with a multiply layer, so lines come out as drawn.
+
+    The line layer is the source's neutral pixels (channel spread <= LINE_NEUTRAL: black and gray
+    ink, anti-aliasing, the white paper) as their luma; colored pixels of the source count as
+    paper (white). For a sketch on white this is the colorist's multiply line layer: black
+    lines stay exactly black, white paper leaves the colors alone. Both images have one size.
+    """
+    if result.size != source.size:
+        raise ValueError(f"keep_lines: result {result.size} and source {source.size} differ in size")
+    source = to_rgb(source)
+    ink = np.asarray(source, dtype=np.int16)  # (H, W, 3)
+    neutral = ink.max(axis=2) - ink.min(axis=2) <= LINE_NEUTRAL  # (H, W)
+    layer = np.where(neutral, np.asarray(source.convert("L"), dtype=np.float32), 255.0)  # (H, W), ITU-R 601 luma
+    colors = np.asarray(to_rgb(result), dtype=np.float32)  # (H, W, 3)
+    return Image.fromarray(np.rint(colors * layer[..., None] / 255.0).astype(np.uint8))
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> None:

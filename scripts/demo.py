@@ -23,7 +23,12 @@ from ldm.cli import ArgumentParser
 
 CELL = 128  # pixels per image in the grid
 TEXT_WIDTH = 320
-NAMES = {"model": "model", "no_text": "instruction off (cfg_text 0)", "autoencoder": "autoencoder round trip (ceiling)"}
+NAMES = {
+    "model": "model",
+    "model_keep_lines": "model, input lines laid over (--keep-lines)",
+    "no_text": "instruction off (cfg_text 0)",
+    "autoencoder": "autoencoder round trip (ceiling)",
+}
 METRICS = ("palette_accuracy", "ciede2000", "line_iou", "psnr")
 
 

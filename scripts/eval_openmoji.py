@@ -5,9 +5,10 @@
         --ckpt logs/openmoji-edit/checkpoints/last.ckpt --per-kind 12 --out outputs/eval/quick
 
 Edits every chosen test pair of `--pairs` (all of them by default, or the first `--per-kind` of each
-kind) with the instruction and with the instruction off (`cfg_text 0`), passes the ground truth
-through the autoencoder alone (the ceiling of any editor on it), and scores all three beside the
-baselines with `metrics/colorization.py`. Also edits `--fixed` held-out sketches with "make it
+kind) with the instruction and with the instruction off (`cfg_text 0`), reports the edit with the
+input's line art laid over it (`model_keep_lines`, as `edit_cli.py --keep-lines`) as its own row,
+passes the ground truth through the autoencoder alone (the ceiling of any editor on it), and scores
+them all beside the baselines with `metrics/colorization.py`. Also edits `--fixed` held-out sketches with "make it
 red / blue / green" and reports the share of each sketch's fill region (the filled mask of its
 ground truth) whose color falls in the named hue family (HUE_FAMILIES below). Sampling is Euler,
 `--steps` steps, three-way guidance as edit_cli.py, seed `--seed` per pair (independent of the
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Edit the chosen pairs, score them, write `--out`; 0 when done."""
     from ldm.data.images import to_signed_tensor
-    from ldm.image_io import load_image, save_image_atomic
+    from ldm.image_io import keep_lines, load_image, save_image_atomic
     from ldm.inference import load_model, to_image
     from metrics import colorization as cm
 
@@ -136,7 +137,11 @@ def evaluate(args: argparse.Namespace) -> int:
         inputs, texts = images_of(batch, "input_image"), [r["edit"] for r in batch]
         for folder, cfg_text in (("pred", None), ("pred_notext", 0.0)):
             for row, x in zip(batch, editor(inputs, texts, cfg_text), strict=True):
-                save_image_atomic(to_image(x), out / folder / f"{row['pair_id']}.png")
+                edited = to_image(x)
+                save_image_atomic(edited, out / folder / f"{row['pair_id']}.png")
+                if folder == "pred":  # the same edit with the input's lines laid over it (edit_cli --keep-lines)
+                    lined = keep_lines(edited, load_image(root / row["input_image"]))
+                    save_image_atomic(lined, out / "pred_lines" / f"{row['pair_id']}.png")
             edits += len(batch)
         with torch.inference_mode():
             autoencoder = model.first_stage_model
@@ -165,8 +170,9 @@ def evaluate(args: argparse.Namespace) -> int:
             hue[color] = {"mean_share": float(np.nanmean(shares)), "per_sketch": dict(zip(
                 [r["pair_id"] for r in sketches], shares, strict=True))}  # fmt: skip
     seconds = time.perf_counter() - start
-    report = cm.evaluate(pairs_csv, {"model": out / "pred", "no_text": out / "pred_notext",
-                                     "autoencoder": out / "autoencoder"}, allow_missing=True)  # fmt: skip
+    predictions = {"model": out / "pred", "model_keep_lines": out / "pred_lines", "no_text": out / "pred_notext",
+                   "autoencoder": out / "autoencoder"}  # fmt: skip
+    report = cm.evaluate(pairs_csv, predictions, allow_missing=True)
     report["settings"]["sampling"] = {
         "steps": args.steps, "sampler": "euler", "cfg_text": args.cfg_text, "cfg_image": args.cfg_image,
         "seed": args.seed, "ckpt": str(args.ckpt),

@@ -51,7 +51,8 @@ def test_quickstart_runs_every_stage(tmp_path):
     for run in ("reference", "fresh"):
         assert {f"{run}: model", f"{run}: instruction off (cfg_text 0)", f"{run}: make it red"} <= methods
         report = json.loads((out / run / "metrics.json").read_text())
-        assert report["methods"] == ["model", "no_text", "autoencoder", "input_unchanged", "flat_fill"]
+        expected = ["model", "model_keep_lines", "no_text", "autoencoder", "input_unchanged", "flat_fill"]
+        assert report["methods"] == expected
         assert report["results"]["model"]["all"]["pairs"] == report["pairs_scored"] == 3  # PER_KIND 1, 3 kinds
         predictions = sorted(p.name for p in (out / run / "pred").glob("*.png"))
         assert predictions == sorted(p.name for p in (out / run / "pred_notext").glob("*.png"))

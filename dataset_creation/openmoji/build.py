@@ -30,7 +30,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,12 @@ def _signature_of(task: tuple[str, str]) -> str:
     return line_signature((Path(svg_dir) / f"{code}.svg").read_text(encoding="utf-8"))
 
 
+def splits_of(svg_dir: Path, codes: Sequence[str], imap: Callable = map, **imap_options: int) -> dict[str, str]:
+    """Split of every emoji of `codes` (all of the set: identical line art shares a split)."""
+    signatures = list(imap(_signature_of, [(str(svg_dir), c) for c in codes], **imap_options))
+    return assign_splits(codes, signatures)
+
+
 CSV_COLUMNS = ("pair_id", "input_image", "edited_image", "edit", "kind", "emoji", "split", "subject", "variant")
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
@@ -235,9 +241,7 @@ def build(
     # Leaving the Pool's context terminates the workers (all results are in by then).
     with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         imap = pool.imap if pool is not None else map
-        # Splits need the line art of the whole set (identical line art shares a split).
-        signatures = list(imap(_signature_of, [(str(svg_path), c) for c in codes], **_chunks(pool, 64)))
-        split_of = assign_splits(codes, signatures)
+        split_of = splits_of(svg_path, codes, imap, **_chunks(pool, 64))
         tasks = [(code, split_of[code], settings) for code in selected]
         results = []
         unordered = pool.imap_unordered if pool is not None else map
