@@ -25,6 +25,12 @@ beside its baselines) score the edits of each setting against the `{seed}_1` tar
 runs them on OpenMoji builds (exact ground truth; the flat baseline's color from its manifest)
 or when `--flat-color` is given.
 
+Image-quality metrics (`--quality`; `metrics/image_quality.py`: FID/KID/IS with `--inception-weights`,
+LPIPS with `--lpips-weights`, SSIM/MS-SSIM/PSNR, and CLIP score against the output captions with the
+CLIP above) score the edits of each setting against the `{seed}_1` targets, per kind; a metric whose
+weights are not given is skipped and the report says so. They go to quality/<setting>/quality.json
+and quality_pairs.csv.
+
 Written under `--out` (each file atomically): clip_metrics.csv (one row per setting: cfg_text,
 cfg_image, n, clip_direction, clip_image, clip_text_out), clip_per_sample.csv, clip_metrics.png
 (the plot), settings.json, edits/<setting>/<pair_id>.png, and with colorization
@@ -52,6 +58,7 @@ from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
 from ldm.io import write_bytes_atomic
+from metrics import image_quality
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int_at_least(0), default=0, help="entry i of the split uses seed + i, in every setting")
     add("--colorization", choices=("auto", "on", "off"), default="auto", help="colorization metrics (see --help)")
     add("--flat-color", help="hex color of the colorization flat baseline (default: the OpenMoji manifest's)")
+    add("--quality", action="store_true", help="also metrics/image_quality.py's metrics of the edits (see --help)")
+    image_quality.add_weight_arguments(parser, clip=False)
     add("--out", required=True, help="folder for the tables, the plot and the edited images")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype of the editor; auto = fp16 on CUDA")
@@ -266,6 +275,22 @@ def write_colorization(pairs: Sequence[EvalPair], settings: Sequence[Setting], f
     return format_table(report)
 
 
+def write_quality(
+    pairs: Sequence[EvalPair], settings: Sequence[Setting], networks: image_quality.Networks, device: Any, out: Path
+) -> str:
+    """image_quality's metrics of every setting's edits against the targets; writes quality/<setting>/."""
+    tables = []
+    for setting in settings:
+        edits = out / "edits" / setting.name
+        quality_pairs = [
+            image_quality.Pair(p.pair_id, edits / f"{p.pair_id}.png", p.target, p.kind, p.output_caption) for p in pairs
+        ]
+        report = image_quality.evaluate(quality_pairs, networks, device=device)
+        image_quality.write_report(report, out / "quality" / setting.name)
+        tables.append(f"image quality, {setting.name}:\n{image_quality.format_table(report)}")
+    return "\n".join(tables)
+
+
 # ---- running ------------------------------------------------------------------------------------
 def to_unit_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> (3, H, W) float in [0, 1]."""
@@ -353,6 +378,8 @@ def run(args: argparse.Namespace) -> int:
     existing_file("--clip-weights", args.clip_weights)
     if args.clip_model.endswith(".json"):
         existing_file("--clip-model", args.clip_model)
+    if args.quality:
+        image_quality.check_weights(args)
     model_config, _ = read_model_config(args.config)
     ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
     if ckpt is None:
@@ -367,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
 
     editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision)  # device, precision: once
     clip = load_clip(args, editor.device)
+    networks = image_quality.load_networks(args, clip=clip) if args.quality else None  # bad weights fail before editing
     per_sample = evaluate_pairs(editor, clip, pairs, settings, args, out)
     summary = summarize(per_sample, settings)
 
@@ -381,6 +409,8 @@ def run(args: argparse.Namespace) -> int:
         print("colorization metrics: skipped (not an OpenMoji build; --flat-color or --colorization on to run them)")
     else:
         print(write_colorization(pairs, settings, flat_color, out))
+    if networks is not None:
+        print(write_quality(pairs, settings, networks, editor.device, out))
     print(f"wrote {out}")
     return 0
 

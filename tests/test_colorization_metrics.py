@@ -81,6 +81,56 @@ def test_ciede2000_hue_discontinuity_is_independent_of_arctan2_rounding(monkeypa
     np.testing.assert_allclose(cm.ciede2000(lab2, lab1), expected, atol=1e-4, rtol=0)
 
 
+def random_lab(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.stack([rng.uniform(0, 100, n), rng.uniform(-100, 100, n), rng.uniform(-100, 100, n)], axis=-1)
+
+
+def test_ciede2000_agrees_with_scikit_image_off_the_hue_tie():
+    """The hand-written CIEDE2000 is kept only for the tie (see its docstring); elsewhere it is skimage's."""
+    from skimage.color import deltaE_ciede2000
+
+    rng = np.random.default_rng(0)
+    lab1, lab2 = random_lab(rng, 20_000), random_lab(rng, 20_000)
+    near = lab1 + rng.normal(0, 2, lab1.shape)  # small differences, the regime of a good colorization
+    np.testing.assert_allclose(cm.ciede2000(lab1, lab2), deltaE_ciede2000(lab1, lab2), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(cm.ciede2000(lab1, near), deltaE_ciede2000(lab1, near), atol=1e-9, rtol=0)
+
+
+def test_scikit_image_ciede2000_depends_on_arctan2_rounding_at_the_tie(monkeypatch):
+    """Why the hand-written version stays: skimage has no tie tolerance. If this starts failing, skimage decides
+    the tie robustly and metrics/colorization.py can call it instead."""
+    from skimage.color import deltaE_ciede2000
+
+    exact = np.arctan2
+    monkeypatch.setattr(np, "arctan2", lambda y, x: exact(y, x) - np.spacing(np.abs(exact(y, x))))
+    lab1, lab2 = np.array([SHARMA[9][0]]), np.array([SHARMA[9][1]])
+    assert deltaE_ciede2000(lab1, lab2)[0] == pytest.approx(7.2195, abs=1e-4)  # Sharma: 7.1792
+    assert cm.ciede2000(lab1, lab2)[0] == pytest.approx(SHARMA[9][2], abs=1e-4)
+
+
+def test_srgb_to_lab_is_within_0_005_of_scikit_image():
+    """The palette's Lab (IEC 61966-2-1 7-digit matrix) against skimage's rgb2lab (6-digit matrix): the reason
+    metrics/colorization.py keeps its own is consistency with the palette, not a large disagreement."""
+    from skimage.color import rgb2lab
+
+    grid = np.stack(np.meshgrid(*[np.arange(0, 256, 5)] * 3, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.uint8)
+    difference = np.abs(cm.srgb_to_lab(grid) - rgb2lab(grid[None])[0]).max()
+    assert 1e-3 < difference < 5e-3
+
+
+def test_filled_mask_dilation_matches_a_shifted_or():
+    """scipy's binary_dilation with a 3x3 square, against the OR of the nine shifts of the mask (zero border)."""
+    rng = np.random.default_rng(0)
+    image = np.where(rng.random((30, 40, 1)) < 0.05, 0, 128).astype(np.uint8).repeat(3, axis=-1)  # sparse black
+    lines = cm.line_mask(image)
+    padded = np.pad(lines, 1)
+    near = np.zeros_like(lines)
+    for dy in range(3):
+        for dx in range(3):
+            near |= padded[dy : dy + 30, dx : dx + 40]
+    assert lines.any() and (cm.filled_mask(image) == ~near).all()
+
+
 def test_srgb_to_lab_reference_values():
     lab = cm.srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]]))
     expected = [[100, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032], [32.2970, 79.1875, -107.8602]]
