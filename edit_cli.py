@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
     add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
+    add("--lora", action="append", default=[], metavar="FILE",
+        help="merge a LoRA adapter (diffusers-layout .safetensors, or a LoRA run's .ckpt); repeatable")
+    add("--lora-scale", action="append", type=finite_float, default=[], metavar="S",
+        help="adapter strength (0 = off, 1 = as trained): one per --lora in order, or one for all [1]")
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
     add("--cfg-text", type=finite_float,
         help="text guidance scale: higher follows the instruction [7.5, or the config's]")
@@ -245,6 +249,16 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
 # ---- running ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Plan, check, then edit job by job; 0 if every job was written, else 1."""
+def lora_jobs(files: list[str], scales: list[float]) -> list[tuple[Path, float]]:
+    """(adapter file, scale) pairs of --lora / --lora-scale: no scale means 1, one scale serves every file."""
+    if scales and not files:
+        raise UsageError("--lora-scale needs a --lora FILE to scale")
+    if len(scales) not in (0, 1, len(files)):
+        raise UsageError(f"--lora-scale: give one scale for all or one per --lora ({len(files)}), not {len(scales)}")
+    scales = scales * len(files) if len(scales) == 1 else scales or [1.0] * len(files)
+    return [(existing_file("--lora", f), s) for f, s in zip(files, scales, strict=True)]
+
+
     jobs, problems = plan_jobs(args)
     model_config, defaults = read_model_config(args.config)  # a ConfigError exits 2
     for name, value in defaults.items():
@@ -257,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         report_error(PROG, problem)
 
+    loras = lora_jobs(args.lora, args.lora_scale)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f"seed: {seed}", flush=True)
     options = SamplingOptions(args.steps, args.sampler, args.karras, args.cfg_text, args.cfg_image)
@@ -277,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             if editor is None:
                 from ldm.inference import load_editor  # torch: only once the arguments and an input check out
 
-                editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision)
+                editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision, loras)
             image = fit_to_stride(image, args.resolution, editor.stride)
             if job.edit == "":
                 results = [image] * args.num_samples

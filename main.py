@@ -234,7 +234,8 @@ def check_resume_fits(model: Any, ckpt: Path) -> int:
     from ldm.checkpoint import check_fits, read_checkpoint
 
     checkpoint = read_checkpoint(ckpt)
-    check_fits(model, checkpoint.get("state_dict", {}), f"--resume {ckpt}",
+    not_saved = getattr(model, "not_saved", lambda key: False)  # a LoRA run's frozen base comes from ckpt_path
+    check_fits(model, checkpoint.get("state_dict", {}), f"--resume {ckpt}", may_miss=not_saved,
                advice="resume with the config the run was trained with")  # fmt: skip
     return int(checkpoint.get("global_step", -1))
 

@@ -31,9 +31,16 @@ from ldm.models.diffusion.loading import init_from_ckpt
 from ldm.models.diffusion.sampling import denoiser, get_sigmas, sample_edit
 from ldm.util import instantiate_from_config
 
+Loras = Sequence[tuple[str | Path, float]]
 
-def load_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | Path | None = None) -> LatentDiffusion:
-    """Build the model from its config and load `ckpt` strictly (then `vae_ckpt` into the autoencoder).
+
+def load_model(
+    model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | Path | None = None, loras: Loras = ()
+) -> LatentDiffusion:
+    """Build the model from its config and load `ckpt` strictly (then `vae_ckpt` into the autoencoder), then
+    merge each `(adapter file, scale)` of `loras` into its weights (`ldm.modules.lora.apply_adapter`; a
+    diffusers-layout .safetensors adapter or a LoRA run's .ckpt). A training config's `lora_config` is ignored:
+    adapters come from `loras`.
 
     EMA: released InstructPix2Pix checkpoints carry the UNet's EMA under `model_ema.*` beside
     the trained weights, and the EMA weights are the better model. When a checkpoint has
@@ -44,6 +51,7 @@ def load_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | P
     """
     params = dict(model_config.get("params") or {})
     params.pop("ckpt_path", None)  # loaded below, with the EMA decided from the file
+    params.pop("lora_config", None)  # a training setting; adapters are merged below
     has_ema = any(key.startswith("model_ema.") for key in checkpoint_keys(ckpt))
     params.update(use_ema=has_ema, load_ema=has_ema)
     model = instantiate_from_config({**model_config, "params": params}, "model")
@@ -54,7 +62,16 @@ def load_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | P
         model.use_ema = False
     if vae_ckpt is not None:
         model.first_stage_model.init_from_ckpt(vae_ckpt)
+    for path, scale in loras:
+        merge_lora_file(model, path, scale)
     return model.eval()
+
+
+def merge_lora_file(model: LatentDiffusion, path: str | Path, scale: float = 1.0) -> None:
+    """Merge the adapter in `path`, times `scale`, into `model`'s weights."""
+    from ldm.modules.lora import apply_adapter, read_adapter
+
+    apply_adapter(model, read_adapter(path, model), scale)
 
 
 def model_stride(model: LatentDiffusion) -> int:
@@ -191,9 +208,10 @@ def load_editor(
     vae_ckpt: str | Path | None = None,
     device: str = "auto",
     precision: str = "auto",
+    loras: Loras = (),
 ) -> ImageEditor:
-    """Device and precision (chosen once, here), the model, and the editor. Every failure is a
-    UserError naming the flag the command lines and the app share (--device, --precision, --ckpt)."""
+    """Device and precision (chosen once, here), the model with `loras` merged, and the editor. Every failure
+    is a UserError naming the flag the command lines and the app share (--device, --precision, --ckpt, --lora)."""
     try:
         torch_device = pick_device(device)
     except ValueError as err:
@@ -202,10 +220,12 @@ def load_editor(
         dtype = autocast_dtype(precision, torch_device)
     except ValueError as err:
         raise UserError(f"--precision {err}") from err
-    return ImageEditor(open_model(model_config, ckpt, vae_ckpt), torch_device, dtype)
+    return ImageEditor(open_model(model_config, ckpt, vae_ckpt, loras), torch_device, dtype)
 
 
-def open_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | Path | None = None) -> LatentDiffusion:
+def open_model(
+    model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | Path | None = None, loras: Loras = ()
+) -> LatentDiffusion:
     """`load_model` for command lines and the app: every failure is a UserError naming the file's flag."""
     failures = (OSError, ValueError, RuntimeError, EOFError, KeyError)
     try:
@@ -221,4 +241,11 @@ def open_model(model_config: dict[str, Any], ckpt: str | Path, vae_ckpt: str | P
             raise
         except failures as err:
             raise UserError(f"--vae-ckpt {vae_ckpt}: cannot load the autoencoder ({err})") from err
+    for path, scale in loras:
+        try:
+            merge_lora_file(model, path, scale)
+        except UserError as err:
+            raise UserError(f"--lora {path}: {err}") from err
+        except (*failures, ImportError) as err:
+            raise UserError(f"--lora {path}: cannot load the adapter ({err})") from err
     return model

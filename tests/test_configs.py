@@ -107,6 +107,12 @@ def test_configs_found():
 def test_small_config_instantiates(path, tmp_path):
     dataset = make_edit_dataset(tmp_path / "edits", n=40)  # >= the largest batch of a small config (32)
     config = load(path, dataset)
+    params = config["model"]["params"]
+    if params.get("lora_config") is not None:  # LoRA adapts a checkpoint: one of the same model, without adapters
+        base = build_model({**config, "model": {**config["model"], "params": {**params, "lora_config": None}}})
+        torch.save({"state_dict": base.state_dict()}, tmp_path / "base.ckpt")
+        params["ckpt_path"] = str(tmp_path / "base.ckpt")
+        del base
     model = build_model(config)
     batch = None
     if "data" in config:

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, encoder_identity
+from ldm.errors import CheckpointMismatchError
 from ldm.models.diffusion.loading import init_from_ckpt
 from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss, min_snr_weights
 from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule, rescale_zero_terminal_snr
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
+from ldm.modules.lora import LoraSettings, add_adapters, file_sha256
 from ldm.util import ConfigError, config_path, instantiate_from_config
 
 Cond = dict[str, list[torch.Tensor]]
@@ -87,6 +89,13 @@ class LatentDiffusion(pl.LightningModule):
     weights become both the model and its EMA). `num_timesteps_cond` is accepted for config
     compatibility (only 1 is supported). `learning_rate` is the optimizer's: main.py passes
     `model.base_learning_rate`, scaled by `--scale_lr`.
+
+    `lora_config` (`ldm.modules.lora.LoraSettings`: rank, alpha, dropout, targets, feed_forward,
+    text_encoder_targets, train_conv_in) fine-tunes LoRA adapters on the frozen weights of
+    `ckpt_path` (required): only the adapters (and conv_in when asked) train, the EMA averages
+    exactly those, and checkpoints hold only them plus `checkpoint["lora"]` (settings, base path and
+    sha256); resuming fills the frozen weights in from `ckpt_path` after checking its sha256.
+    With `load_ema` the base weights are the checkpoint's EMA weights.
     """
 
     def __init__(
@@ -119,8 +128,15 @@ class LatentDiffusion(pl.LightningModule):
         ignore_keys: Sequence[str] = (),
         scheduler_config: Mapping[str, Any] | None = None,
         learning_rate: float = 1e-4,
+        lora_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.lora = None if lora_config is None else LoraSettings.from_config(lora_config, config_path("lora_config"))
+        if self.lora is not None and ckpt_path is None:
+            raise ConfigError(
+                f"{config_path('lora_config')}: LoRA adapts trained weights; set {config_path('ckpt_path')} "
+                "to the base checkpoint"
+            )
         if num_timesteps_cond != 1:
             raise ConfigError(f"{config_path('num_timesteps_cond')}: only 1 is supported")
         if parameterization not in ("eps", "v"):
@@ -160,7 +176,14 @@ class LatentDiffusion(pl.LightningModule):
             self.model_ema = LitEma(self.model, decay=ema_decay)
         if ckpt_path is not None:
             init_from_ckpt(self, ckpt_path, ignore_keys=ignore_keys, load_ema=use_ema and load_ema)
-        if use_ema and not load_ema:
+        self.lora_base: dict[str, str] | None = None
+        if self.lora is not None:
+            if use_ema and load_ema:  # the base is the checkpoint's EMA; the run's EMA averages the adapters
+                self.model_ema.copy_to(self.model)
+                del self.model_ema
+            add_adapters(self, self.lora, config_path("lora_config"))
+            self.lora_base = {"path": str(ckpt_path)}  # + "sha256", computed when first needed
+        if use_ema and (not load_ema or self.lora is not None):
             self.model_ema = LitEma(self.model, decay=ema_decay)
 
     @staticmethod
@@ -272,7 +295,8 @@ class LatentDiffusion(pl.LightningModule):
     # ---- Lightning hooks ------------------------------------------------------------------------
     @torch.no_grad()
     def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if not self.scale_by_std or self.global_step > 0 or self.trainer.ckpt_path is not None:
+        # a LoRA run keeps its base model's scale_factor: the adapted weights were trained with it
+        if not self.scale_by_std or self.lora is not None or self.global_step > 0 or self.trainer.ckpt_path is not None:
             return
         std = self.target_posterior(batch).sample().flatten().std()
         std = self.trainer.strategy.reduce(std, reduce_op="mean")
@@ -320,7 +344,53 @@ class LatentDiffusion(pl.LightningModule):
         finally:
             self.model_ema.restore(self.model.parameters())
 
+    # ---- LoRA checkpoints -----------------------------------------------------------------------
+    def base_reference(self) -> dict[str, str]:
+        """{"path", "sha256"} of the base weights a LoRA run adapts (hashed once per process)."""
+        if "sha256" not in self.lora_base:
+            self.lora_base["sha256"] = file_sha256(self.lora_base["path"])
+        return self.lora_base
+
+    def not_saved(self, key: str) -> bool:
+        """Whether this model's checkpoints leave `key` out: the frozen base weights of a LoRA run (they come
+        from ckpt_path) and the noise-schedule buffers, which are the config's."""
+        return self.lora is not None and key not in self._lora_saved_keys()
+
+    def _lora_saved_keys(self) -> set[str]:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        buffers = {"scale_factor"} if self.scale_by_std else set()
+        return trainable | buffers | {k for k in self.state_dict() if k.startswith("model_ema.")}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        saved = self._lora_saved_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in saved}
+        checkpoint["lora"] = {"settings": self.lora.as_dict(), "base": dict(self.base_reference())}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A LoRA checkpoint gets the frozen base weights back from ckpt_path, once its sha256 is the one
+        the run was trained on."""
+        if self.lora is None:
+            return
+        saved = checkpoint.get("lora")
+        if saved is None:
+            raise CheckpointMismatchError(
+                "the checkpoint to resume holds a full model, not a LoRA run's adapters; drop "
+                "model.params.lora_config or start a new run"
+            )
+        base, mine = saved["base"], self.base_reference()
+        if base["sha256"] != mine["sha256"]:
+            raise CheckpointMismatchError(
+                f"the run adapted {base['path']} (sha256 {base['sha256'][:12]}), but ckpt_path {mine['path']} has "
+                f"sha256 {mine['sha256'][:12]}; point model.params.ckpt_path at the run's base weights"
+            )
+        own = self.state_dict()
+        checkpoint["state_dict"] = {**{k: v for k, v in own.items() if self.not_saved(k)}, **checkpoint["state_dict"]}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
+        if self.lora is not None:
+            return [p for p in self.parameters() if p.requires_grad]
         params = list(self.model.parameters())
         if self.cond_stage_trainable:
             params += list(self.cond_stage_model.parameters())
