@@ -86,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
     add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
     add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
-    add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
     add("--lora", action="append", default=[], metavar="FILE",
         help="merge a LoRA adapter (diffusers-layout .safetensors, or a LoRA run's .ckpt); repeatable")
     add("--lora-scale", action="append", type=finite_float, default=[], metavar="S",
         help="adapter strength (0 = off, 1 = as trained): one per --lora in order, or one for all [1]")
+    add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
     add("--cfg-text", type=finite_float,
         help="text guidance scale: higher follows the instruction [7.5, or the config's]")
@@ -246,9 +246,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     return planned, problems
 
 
-# ---- running ------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> int:
-    """Plan, check, then edit job by job; 0 if every job was written, else 1."""
 def lora_jobs(files: list[str], scales: list[float]) -> list[tuple[Path, float]]:
     """(adapter file, scale) pairs of --lora / --lora-scale: no scale means 1, one scale serves every file."""
     if scales and not files:
@@ -259,6 +256,9 @@ def lora_jobs(files: list[str], scales: list[float]) -> list[tuple[Path, float]]
     return [(existing_file("--lora", f), s) for f, s in zip(files, scales, strict=True)]
 
 
+# ---- running ------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    """Plan, check, then edit job by job; 0 if every job was written, else 1."""
     jobs, problems = plan_jobs(args)
     model_config, defaults = read_model_config(args.config)  # a ConfigError exits 2
     for name, value in defaults.items():
@@ -268,10 +268,10 @@ def lora_jobs(files: list[str], scales: list[float]) -> list[tuple[Path, float]]
     if ckpt is None:
         raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
     existing_file("--vae-ckpt", args.vae_ckpt)
+    loras = lora_jobs(args.lora, args.lora_scale)
     for problem in problems:
         report_error(PROG, problem)
 
-    loras = lora_jobs(args.lora, args.lora_scale)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f"seed: {seed}", flush=True)
     options = SamplingOptions(args.steps, args.sampler, args.karras, args.cfg_text, args.cfg_image)
