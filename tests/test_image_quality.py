@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.modules.encoders.clip_image import ClipSimilarity
-from metrics import compute_metrics
+from metrics import colorization, compute_metrics
 from metrics import image_quality as iq
+from scripts import quality_table
 
 
 def write_random_inception(path: Path, seed: int = 0) -> Path:
@@ -89,25 +90,27 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_fid_is_zero_against_itself_and_rises_with_noise(weights, tmp_path, capsys) -> None:
-    refs = smooth_images(12, 32)
-    ref = save_folder(tmp_path / "ref", refs)
+    """One CLI run over a pairs CSV whose kinds are noise levels: sigma00 predicts the references themselves."""
+    refs = smooth_images(8, 32)
+    save_folder(tmp_path / "test", refs)
+    pred, sigmas, rows = tmp_path / "pred", (0, 4, 16, 48), []
+    pred.mkdir()
+    for sigma in sigmas:
+        for i, image in enumerate(refs):
+            Image.fromarray(noisy(image, sigma, i)).save(pred / f"s{sigma:02d}_{i}.png")
+            rows.append(f"s{sigma:02d}_{i},x.png,test/{i:02d}.png,sigma{sigma:02d}")
+    (tmp_path / "pairs.csv").write_text("\n".join(["pair_id,input_image,edited_image,kind", *rows]) + "\n")
     flags = ["--inception-weights", str(weights["inception"]), "--fid-features", "64", "--metrics", "fid", "kid"]
-    out = tmp_path / "self"
-    assert iq.main(["--pred", str(ref), "--ref", str(ref), "--out", str(out), *flags]) == 0
-    report = json.loads((out / "quality.json").read_text())
-    assert report["metrics"] == ["fid", "kid_mean", "kid_std"] and report["pairs"] == 12
+    out = tmp_path / "out"
+    assert iq.main(["--pred", str(pred), "--pairs", str(tmp_path / "pairs.csv"), "--out", str(out), *flags]) == 0
     assert "fid (lower)" in capsys.readouterr().out
-
-    args = iq.build_parser().parse_args(["--pred", ".", "--ref", ".", "--out", ".", *flags])
-    networks = iq.load_networks(args, args.metrics)  # the CLI's loader: torch-fidelity reads the file strictly
-    fids = []
-    for sigma in (4, 16, 48):
-        pred = save_folder(tmp_path / f"noise{sigma}", [noisy(r, sigma, i) for i, r in enumerate(refs)])
-        fids.append(iq.evaluate(iq.pairs_from_folders(pred, ref), networks)["results"]["all"]["fid"])
-    assert fids[0] > 0 and fids == sorted(fids), fids
-    assert fids[-1] > 3 * fids[0], fids  # noise the features see, not a rounding effect
-    # torchmetrics takes sqrt(eigvals(S1 @ S2)): ~1e-8 per null direction of a 12-image covariance, not 0
-    assert abs(report["results"]["all"]["fid"]) < 1e-3 * fids[0], (report["results"], fids)
+    report = json.loads((out / "quality.json").read_text())
+    assert report["metrics"] == ["fid", "kid_mean", "kid_std"] and report["pairs"] == 32
+    fids = [report["results"][f"sigma{sigma:02d}"]["fid"] for sigma in sigmas]
+    assert fids[1] > 0 and fids[1:] == sorted(fids[1:]), fids
+    assert fids[-1] > 3 * fids[1], fids  # noise the features see, not a rounding effect
+    # torchmetrics takes sqrt(eigvals(S1 @ S2)): ~1e-8 per null direction of an 8-image covariance, not 0
+    assert abs(fids[0]) < 1e-3 * fids[1], fids
 
 
 def test_per_pair_identity_values(weights) -> None:
@@ -194,6 +197,7 @@ def write_openmoji_pairs(root: Path) -> Path:
         folder = root / "test" / f"E{i}_{kind}"
         folder.mkdir(parents=True)
         Image.fromarray(smooth_images(1, 40, seed=10 + i)[0]).save(folder / "0_1.png")
+        Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(folder / "0_0.png")  # a blank sketch
         (folder / "prompt.json").write_text(json.dumps({"edit": "color it", "output": caption, "kind": kind}))
         rows.append({"pair_id": f"E{i}_{kind}", "input_image": f"test/E{i}_{kind}/0_0.png",
                      "edited_image": f"test/E{i}_{kind}/0_1.png", "kind": kind, "caption": caption})  # fmt: skip
@@ -201,6 +205,7 @@ def write_openmoji_pairs(root: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    (root / "manifest.json").write_text(json.dumps({"most_common_fill": {"hex": "#FCEA2B"}}))
     return root / "test.csv"
 
 
@@ -320,3 +325,25 @@ def test_compute_metrics_quality(weights, tmp_path, capsys) -> None:
     edits = sorted(p.stem for p in (out / "edits" / "text_7.5_image_1.5").iterdir())
     assert [r["pair_id"] for r in rows] == edits and all(float(r["lpips"]) > 0 for r in rows)
     assert "image quality, text_7.5_image_1.5" in capsys.readouterr().out
+
+
+def test_quality_table_scores_methods_and_baselines_on_the_predicted_pairs(tmp_path, capsys) -> None:
+    """scripts/quality_table.py: every eval_openmoji.py folder there and the two baselines, on the same pairs."""
+    pairs_csv = write_openmoji_pairs(tmp_path / "data")
+    eval_dir = tmp_path / "eval"
+    for folder in ("pred", "autoencoder"):
+        (eval_dir / folder).mkdir(parents=True)
+        for i, pair_id in enumerate(["E0_original", "E2_recolor"]):  # E1 not predicted: left out everywhere
+            Image.fromarray(smooth_images(1, 40, seed=30 + i)[0]).save(eval_dir / folder / f"{pair_id}.png")
+    assert quality_table.main(["--eval-dir", str(eval_dir), "--pairs", str(pairs_csv)]) == 0
+    table = (eval_dir / "quality" / "table.md").read_text()
+    assert table == capsys.readouterr().out.removesuffix(f"wrote {eval_dir / 'quality' / 'table.md'}\n")
+    header, _, *rows = table.split("\n\n")[0].splitlines()
+    assert header == "| method | kind | pairs | ssim | psnr |"
+    expected = [(m, kind, n) for m in ("model", "autoencoder", "input_unchanged", "flat_fill")
+                for kind, n in (("original", "1"), ("recolor", "1"), ("all", "2"))]  # fmt: skip
+    assert [tuple(r.strip("| ").split(" | ")[:3]) for r in rows] == expected
+    assert "Skipped fid, kid, is: no --inception-weights" in table
+    flat = np.asarray(Image.open(eval_dir / "quality" / "baselines" / "flat_fill" / "E0_original.png"))
+    truth = colorization.Truth(np.asarray(Image.open(tmp_path / "data" / "test" / "E0_original" / "0_1.png")))
+    assert truth.filled.any() and (flat[truth.filled] == (0xFC, 0xEA, 0x2B)).all()
