@@ -160,6 +160,18 @@ def check_request(steps: Any, seed: Any, cfg_text: Any, cfg_image: Any, samples:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
 
+CONTROL_NAMES = ("image", "instruction", "steps", "seed", "seed_mode", "cfg_text", "cfg_image", "cfg_mode", "sampler",
+                 "samples", "lines")  # fmt: skip
+
+
+def reset_values(settings: AppSettings) -> tuple:
+    """What Reset puts in the controls (CONTROL_NAMES order): the start values (steps too, which the original
+    app's Reset set to 0)."""
+    defaults = settings.defaults
+    return (None, "", defaults.steps, settings.default_seed, FIX_SEED, defaults.cfg_text, defaults.cfg_image,
+            FIX_CFG, defaults.sampler, 1, False)  # fmt: skip
+
+
 def editor_image(value: Any) -> str | None:
     """The path to edit from an ImageEditor value: the composite (background + strokes), else the background."""
     if not isinstance(value, dict):
@@ -224,10 +236,7 @@ def build_ui(service: EditService) -> Any:
         return {"background": sketch, "layers": [], "composite": None}, instruction
 
     def reset():
-        return (
-            None, "", defaults.steps, settings.default_seed, FIX_SEED, defaults.cfg_text, defaults.cfg_image,
-            FIX_CFG, defaults.sampler, 1, False, None, [], None,
-        )  # fmt: skip
+        return (*reset_values(settings), None, [], None)  # the controls, then edited image, gallery, downloads
 
     with gr.Blocks(title="Sketch colorization (InstructPix2Pix)", analytics_enabled=False) as app:
         gr.Markdown("## Sketch colorization: draw or upload line art, say how to color it")

@@ -38,6 +38,7 @@ from ldm.image_io import (
     ImageInputError,
     fit_to_stride,
     image_extensions,
+    keep_lines,
     load_image,
     output_format,
     save_image_atomic,
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=_seed, help="random seed (sample i of each input uses seed + i); random and printed if absent")
     add("--sampler", choices=list(SAMPLERS), help="k-diffusion sampler [euler_a, or the config's]")
     add("--karras", action="store_true", help="Karras et al. (2022) noise levels instead of evenly spaced timesteps")
+    add("--keep-lines", action="store_true",
+        help="lay the input's line art over each result (multiply), so the lines come out exactly as drawn")
     add("--num-samples", type=int_at_least(1), default=1, help="edits per input: out.png -> out_0.png, out_1.png, ...")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype; auto = fp16 on CUDA, else fp32")
@@ -300,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 job_options = replace(options, **job.guidance)
                 results = editor.edit(image, job.edit, seeds, job_options, callback=lambda _: bar.update())
+                if args.keep_lines:
+                    results = [keep_lines(result, image) for result in results]
             for path, result in zip(job.outputs, results, strict=True):
                 try:
                     save_image_atomic(result, path)

@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
 from ldm.io import write_bytes_atomic, write_text_atomic
@@ -62,6 +63,19 @@ def start_app(app_args: list[str], port: int, log: Path, timeout: float = 300) -
     raise UsageError(f"edit_app.py did not answer on port {port} within {timeout:.0f} s")
 
 
+def wait_for_result(page: Any, timeout: float) -> Any:
+    """The edited image's locator once it shows; RuntimeError with the page's message if an error shows."""
+    image, toast = page.locator("#edited-image img"), page.locator("[data-testid=toast-text]")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if image.count():
+            return image
+        if toast.count():
+            raise RuntimeError(f"the page shows an error: {toast.first.inner_text()}")
+        page.wait_for_timeout(100)
+    raise RuntimeError(f"no edited image after {timeout:.0f} s")
+
+
 def use_app(url: str, chromium: str, sketch: Path, instruction: str, screenshot: Path, result: Path) -> dict:
     """Upload, type, randomize the seed, Generate, wait; the screenshot and result are written."""
     from playwright.sync_api import sync_playwright
@@ -72,15 +86,14 @@ def use_app(url: str, chromium: str, sketch: Path, instruction: str, screenshot:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
             page.locator("#input-image input[type=file]").set_input_files(str(sketch))
-            page.locator("#input-image canvas").first.wait_for()
+            page.locator("#input-image").get_by_text("Upload an image").wait_for(state="hidden")
             page.locator("#instruction textarea").fill(instruction)
             page.get_by_label("Randomize seed").check()
             shown_seed = page.locator("#seed input").input_value()
             page.wait_for_timeout(500)  # the canvas renders the upload before its composite is taken
             start = time.perf_counter()
             page.locator("#generate").click()
-            image = page.locator("#edited-image img")
-            image.wait_for(timeout=600_000)
+            image = wait_for_result(page, timeout=600)
             seconds = time.perf_counter() - start
             page.locator("#gallery img").first.wait_for()
             page.wait_for_function("s => document.querySelector('#seed input').value !== s", arg=shown_seed)
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default=CHROMIUM, help="the browser executable (Debian's chromium package)")
     args = parser.parse_args(argv)
     args.app_args = app_args
-    return run_cli(PROG, lambda: run(args))
+    return run_cli(PROG, lambda: run(args), failures=(RuntimeError,))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ ENTRY_POINTS = {
         ["--input", "missing.png", "--output", "o.png", "--edit", "x"],
         ["--input", "a.png", "--output", "o.png", "--steps", "0"],
     ),
+    "edit_app": (["edit_app.py"], ["--ckpt", "missing.ckpt"], ["--port", "x"]),
+    "app_screenshot": (["scripts/app_screenshot.py"], ["--out", "o.png", "--sketch", "missing.png"], ["--no-such"]),
     "caption": (
         ["dataset_creation/caption.py"],
         ["--model", "missing", "--images", "missing", "--out", "o.jsonl"],

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ldm.data.edit_dataset import EditDataset
 from ldm.data.images import to_signed_tensor
-from ldm.image_io import ImageInputError, decode_image, load_image
+from ldm.image_io import ImageInputError, decode_image, keep_lines, load_image
 
 RES = 16  # the dataset's resize = crop size, no flip: its only transform is a Lanczos resize to RES x RES
 WIDTH, HEIGHT = 24, 16
@@ -129,3 +129,17 @@ def test_bytes_decode_like_files_and_errors_are_one_type(tmp_path: Path) -> None
     assert caught.value.reason.startswith("not a readable image")
     with pytest.raises(ImageInputError, match="no such file"):
         load_image(tmp_path / "missing.png")
+
+
+def test_keep_lines_multiplies_the_ink_and_leaves_paper_and_fills_alone() -> None:
+    source = np.full((4, 6, 3), 255, np.uint8)  # white paper
+    source[0, :] = 0  # a black line
+    source[1, :] = 128  # a gray (anti-aliased) line
+    source[2, :] = (234, 90, 71)  # a red fill: colored, so not ink
+    result = np.full((4, 6, 3), (40, 200, 120), np.uint8)
+    out = np.asarray(keep_lines(Image.fromarray(result), Image.fromarray(source)))
+    assert (out[0] == 0).all()  # the line comes out exactly as drawn
+    assert np.array_equal(out[1], np.rint(result[1] * (128 / 255)).astype(np.uint8))  # multiply
+    assert np.array_equal(out[2:], result[2:])  # fill and paper: the result's colors unchanged
+    with pytest.raises(ValueError, match="differ in size"):
+        keep_lines(Image.fromarray(result), Image.fromarray(source[:2]))

@@ -8,6 +8,7 @@ Modules, each importing only those above it:
     plan    kinds, eligibility, splits, instruction templates, the pairs of one emoji
     build   the resumable multiprocess build: files, indexes, manifest
     cli     the command line (`main`)
+    examples  held-out sketches rendered on demand (the app's Load Example)
 
 Import from the submodule that defines a name; this package re-exports nothing.
 """
