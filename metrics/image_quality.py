@@ -14,9 +14,10 @@ Distribution metrics (sets, not pairs; `--inception-weights`):
   Library: torchmetrics' `FrechetInceptionDistance`, `KernelInceptionDistance` and
   `InceptionScore` compute the statistics; the features come from torch-fidelity's
   `FeatureExtractorInceptionV3` (the TF "2015-12-05" FID Inception ported bit-exactly, the network
-  torchmetrics itself wraps), run once per image for all three metrics. Its weights are
-  pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, the file torch-fidelity caches as
-  `weights-inception-2015-12-05-6726825d.pth` (the same bytes). Resizing: images go in as uint8 at
+  torchmetrics itself wraps), run once per image for all three metrics. Its weights: pytorch-fid's
+  `pt_inception-2015-12-05-6726825d.pth`, or the file torch-fidelity downloads,
+  `weights-inception-2015-12-05-6726825d.pth` (the same TF graph converted, the same hash prefix;
+  not checked byte for byte here, where neither file is). Resizing: images go in as uint8 at
   their own size and the network resizes them to 299 x 299 with TF1-compatible bilinear
   interpolation (torch-fidelity's, hence the original TTUR/pytorch-fid FIDs and `fidelity --fid`).
   torchmetrics' own default (`antialias=True`) resizes with PyTorch's antialiased bilinear
@@ -53,7 +54,9 @@ nothing.
 Checking FID against the library with real weights: run torch-fidelity on the same two folders,
 `fidelity --fid --kid --isc --input1 PRED --input2 REF --feature-extractor-weights-path
 pt_inception-2015-12-05-6726825d.pth` (add `--kid-subset-size` when a set has under 1,000
-images): FID agrees to float precision, IS and KID to their subset sampling. On CIFAR-10 train
+images): the features are the same, so FID agrees to a few digits (torchmetrics takes the matrix
+square root through eigenvalues, torch-fidelity through scipy's sqrtm), IS and KID up to their
+random subsets. On CIFAR-10 train
 written as PNGs (`--pred cifar --ref cifar`), FID is 0 and IS is close to torch-fidelity's
 published 11.24 (README: 11.23678 +- 0.095).
 """
@@ -84,8 +87,8 @@ if TYPE_CHECKING:
 PROG = "image_quality.py"
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_NEEDS = (
-    f"needs the FID Inception weights {INCEPTION_FILE}, which torch-fidelity saves as "
-    "weights-inception-2015-12-05-6726825d.pth"
+    f"needs the FID Inception weights {INCEPTION_FILE} (pytorch-fid's name; torch-fidelity's download is "
+    "weights-inception-2015-12-05-6726825d.pth)"
 )
 LPIPS_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}  # torchvision's ImageNet weights
 LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}  # --lpips-net -> torchvision model
@@ -184,7 +187,7 @@ def pairs_from_csv(pred: Path, pairs_csv: Path, split: str | None = None, allow_
 # ---- networks -----------------------------------------------------------------------------------
 def given_features(num_features: int) -> torch.nn.Module:
     """The feature network handed to torchmetrics' FID/KID/IS: its 'images' are Inception features (N, D)
-    computed once per image (`inception_features`), passed through unchanged."""
+    computed once per image (`score_pairs`), passed through unchanged."""
     import torch
 
     module = torch.nn.Identity()
