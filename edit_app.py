@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, model_weights, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, keep_lines, load_image
 
@@ -321,9 +321,7 @@ def run(args: argparse.Namespace) -> int:
     if args.port > 65535:
         raise UsageError(f"--port {args.port}: must be at most 65535")
     model_config, defaults = read_model_config(args.config)
-    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
-    if ckpt is None:
-        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
     try:
         import gradio  # noqa: F401 (checked before the model load)

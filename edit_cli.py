@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, report_error, run_cli
+from ldm.cli import (
+    ArgumentParser,
+    UsageError,
+    existing_file,
+    finite_float,
+    int_at_least,
+    model_weights,
+    report_error,
+    run_cli,
+)
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import (
     ImageInputError,
@@ -267,9 +276,7 @@ def run(args: argparse.Namespace) -> int:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
-    if ckpt is None:
-        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
     loras = lora_jobs(args.lora, args.lora_scale)
     for problem in problems:

@@ -72,7 +72,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_creation.generate_txt_dataset import id_hash
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, model_weights, run_cli
 from ldm.edit_settings import SAMPLERS, read_model_config
 from ldm.io import atomic_folder, write_text_atomic
 
@@ -418,9 +418,7 @@ def load_generator(args: argparse.Namespace, settings: Settings) -> PairGenerato
             f"--config {args.config}: not a text-to-image model (conditioning_key {conditioning!r}); "
             f"use a crossattn config such as {DEFAULT_CONFIG.relative_to(ROOT)}"
         )
-    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
-    if ckpt is None:
-        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
     clip_weights = existing_file("--clip-weights", args.clip_weights)
     try:

@@ -89,6 +89,17 @@ def existing_file(flag: str, path: str | None) -> Path | None:
     return None if path is None else Path(path)
 
 
+def model_weights(ckpt: str | None, model_config: dict, config: str | Path) -> Path:
+    """The weights to load: `--ckpt`, else the config's `model.params.ckpt_path`. A file, or a diffusers
+    pipeline folder (or its unet/); a UsageError naming --ckpt when it is neither or when none is given."""
+    path = ckpt or (model_config.get("params") or {}).get("ckpt_path")
+    if path is None:
+        raise UsageError(f"--ckpt is required: {config} sets no model.params.ckpt_path")
+    if Path(path).is_dir():
+        return Path(path)
+    return existing_file("--ckpt", str(path))
+
+
 def finite_float(text: str) -> float:
     """An argparse `type` for real numbers: NaN and infinities are refused (they give black images, IoU 1.0, ...)."""
     value = float(text)

@@ -52,7 +52,7 @@ def load_model(
     params = dict(model_config.get("params") or {})
     params.pop("ckpt_path", None)  # loaded below, with the EMA decided from the file
     params.pop("lora_config", None)  # a training setting; adapters are merged below
-    has_ema = any(key.startswith("model_ema.") for key in checkpoint_keys(ckpt))
+    has_ema = Path(ckpt).is_file() and any(key.startswith("model_ema.") for key in checkpoint_keys(ckpt))
     params.update(use_ema=has_ema, load_ema=has_ema)
     model = instantiate_from_config({**model_config, "params": params}, "model")
     init_from_ckpt(model, ckpt, ignore_keys=params.get("ignore_keys", ()), load_ema=has_ema)

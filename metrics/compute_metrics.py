@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, model_weights, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
 from ldm.io import write_bytes_atomic
@@ -381,9 +381,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quality:
         image_quality.check_weights(args)
     model_config, _ = read_model_config(args.config)
-    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
-    if ckpt is None:
-        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
     data = Path(args.data)
     pairs = read_eval_pairs(data, args.split, args.splits, args.num_samples)

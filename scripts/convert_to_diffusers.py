@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, run_cli
+from ldm.cli import ArgumentParser, UsageError, model_weights, run_cli
 from ldm.edit_settings import read_model_config
 
 PROG = "convert_to_diffusers.py"
@@ -37,9 +37,7 @@ def convert(args: argparse.Namespace) -> int:
     from ldm.io import atomic_folder
 
     model_config, _ = read_model_config(args.config)
-    ckpt = existing_file("--ckpt", args.ckpt or (model_config.get("params") or {}).get("ckpt_path"))
-    if ckpt is None:
-        raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
+    ckpt = model_weights(args.ckpt, model_config, args.config)
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: already exists; give a new folder")

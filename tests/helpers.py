@@ -89,3 +89,21 @@ def tiny_model(seed: int = 0, scale: float = 0.1, **params):
         if not p.any():
             p.copy_(scale * torch.randn(p.shape, generator=generator) / math.sqrt(max(1, p[0].numel())))
     return model.eval()
+
+
+SD_EULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD1's training schedule
+
+
+def pinned_euler(sigmas: torch.Tensor, timesteps: torch.Tensor):
+    """A diffusers EulerDiscreteScheduler that samples on exactly our `sigmas` (steps + 1,) and hands the
+    UNet our `timesteps` (steps,): the pipeline calls `set_timesteps(steps)` itself, hence a subclass
+    (tests/test_edit_cli.py's parity test explains why the defaults differ)."""
+    from diffusers import EulerDiscreteScheduler
+
+    class PinnedEuler(EulerDiscreteScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs) -> None:
+            assert num_inference_steps == len(timesteps)
+            super().set_timesteps(sigmas=sigmas.tolist(), device=device)
+            self.timesteps = timesteps.clone()
+
+    return PinnedEuler(**SD_EULER)

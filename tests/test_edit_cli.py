@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, tiny_model, tiny_model_config
+from helpers import ROOT, SD_EULER, TINY_CONFIG, pinned_euler, tiny_model, tiny_model_config
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
@@ -134,14 +134,7 @@ def test_parity_with_diffusers_instruct_pix2pix_pipeline() -> None:
     sigmas = editor.denoiser.get_sigmas(steps)  # (steps + 1,)
     timesteps = editor.denoiser.sigma_to_t(sigmas[:-1])  # (steps,) what our UNet receives
 
-    class PinnedEuler(EulerDiscreteScheduler):
-        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs) -> None:
-            assert num_inference_steps == steps
-            super().set_timesteps(sigmas=sigmas.tolist(), device=device)
-            self.timesteps = timesteps.clone()
-
-    euler = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-    pipe = to_diffusers_pipeline(model, tiny_model_config(), PinnedEuler(**euler))
+    pipe = to_diffusers_pipeline(model, tiny_model_config(), pinned_euler(sigmas, timesteps))
     pipe.unet.register_forward_pre_hook(record("diffusers"))
     noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(seed))  # our initial noise
     final = {}
@@ -156,7 +149,7 @@ def test_parity_with_diffusers_instruct_pix2pix_pipeline() -> None:
 
     assert unet_timesteps["diffusers"] == unet_timesteps["ours"] == timesteps.tolist()
     assert torch.equal(pipe.scheduler.sigmas, sigmas)
-    default = EulerDiscreteScheduler(**euler)
+    default = EulerDiscreteScheduler(**SD_EULER)
     default.set_timesteps(steps)
     assert 1e-6 < (default.sigmas - sigmas).abs().max() < 1e-4  # the schedules differ by design, slightly
     moved = ours - noise * sigmas[0]  # what the model contributed, (1, 4, 8, 8)

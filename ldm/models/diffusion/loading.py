@@ -75,8 +75,14 @@ def check_schedule(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
 
 
 def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str] = (), load_ema: bool = True) -> None:
-    """Load weights from `path` (.ckpt, bare state dict or .safetensors) into `model`, strictly."""
-    state = load_state_dict_file(path)
+    """Load weights from `path` (.ckpt, bare state dict, .safetensors, or a diffusers pipeline folder:
+    `ldm.diffusers_import`) into `model`, strictly."""
+    if Path(path).is_dir():
+        from ldm.diffusers_import import read_pipeline_folder
+
+        state = read_pipeline_folder(path, model)
+    else:
+        state = load_state_dict_file(path)
     ignore = tuple(ignore_keys)
     state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
     if not load_ema:
