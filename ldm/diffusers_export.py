@@ -60,8 +60,11 @@ def to_diffusers_pipeline(
         unet = UNet2DConditionModel(**unet_config)
     _load_exactly(unet, convert_ldm_unet_checkpoint(checkpoint, unet_config), assign=True)
 
-    vae_config = create_vae_diffusers_config_from_ldm(original_config, checkpoint)
-    assert vae_config["scaling_factor"] == model.scale_factor
+    # diffusers' helper reads neither of these from an LDM config: GroupNorm groups (32 in every SD VAE,
+    # fewer in the small OpenMoji ones) and a scale factor measured by `scale_by_std` (a buffer, not a param)
+    scale = float(model.scale_factor)
+    vae_config = create_vae_diffusers_config_from_ldm(original_config, checkpoint, scaling_factor=scale)
+    vae_config["norm_num_groups"] = ddconfig.get("norm_num_groups", 32)
     with torch.device("meta"):
         vae = AutoencoderKL(**vae_config)
     _load_exactly(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), assign=True)

@@ -66,3 +66,25 @@ def test_mistakes_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     result = convert("--config", str(config), "--out", "taken", cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@torch.no_grad()
+def test_the_exported_autoencoder_keeps_its_group_norm_groups_and_scale_factor() -> None:
+    """diffusers' config helper reads neither from an LDM config; a VAE with 8 groups exported as 32 would
+    have the same tensor shapes and silently decode something else."""
+    from diffusers import EulerDiscreteScheduler
+    from helpers import tiny_model_config
+
+    from ldm.diffusers_export import to_diffusers_pipeline
+    from ldm.util import instantiate_from_config
+
+    config = tiny_model_config(scale_factor=0.3)
+    config["params"]["first_stage_config"]["params"]["ddconfig"]["norm_num_groups"] = 8
+    torch.manual_seed(0)
+    model = instantiate_from_config(config, "model").eval()
+    vae = to_diffusers_pipeline(model, config, EulerDiscreteScheduler()).vae
+    assert vae.config.scaling_factor == pytest.approx(0.3)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, theirs = model.first_stage_model.decode(z), vae.decode(z).sample  # (1, 3, 16, 16) each
+    assert ours.std() > 0.01
+    assert (ours - theirs).abs().max() < 1e-5
