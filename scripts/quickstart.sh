@@ -48,3 +48,4 @@ $PY scripts/eval_openmoji.py "${EVAL_ARGS[@]}" --out "$OUT/fresh" \
 step "6/6 table and grids"
 $PY scripts/demo.py --pairs "$DATA/test.csv" --out "$OUT" --runs reference fresh
 step "done: $OUT/grid.png (reference model), $OUT/fresh/grid.png, $OUT/metrics.json"
+echo "Try the reference model in a browser: $PY edit_app.py  (http://127.0.0.1:7860)"
