@@ -143,24 +143,30 @@ def fit_to_stride(image: Image.Image, resolution: int, stride: int) -> Image.Ima
 
 
 LINE_NEUTRAL = 32  # max - min of R, G, B at or below which an input pixel is ink (black to gray), not a fill
+# luma at or below which neutral ink is laid over fully, and at or above which not at all: OpenMoji's dark
+# gray fill #3F3F3F (luma 63) and lighter grays are fills, not ink. In between (anti-aliased edges) it fades.
+# Measured on 150 held-out pairs (see README): palette accuracy unchanged, line IoU 0.596 -> 0.717; a ramp
+# to luma 160 darkened gray fills and cost the edit kind 0.05 palette accuracy.
+INK_LUMA, PAPER_LUMA = 32.0, 63.0
 
 
 def keep_lines(result: Image.Image, source: Image.Image) -> Image.Image:
-    """Composite the source's line art over `result` with a multiply layer, so lines come out as drawn.
+    """Composite the source's dark line art over `result` with a multiply layer, so lines come out as drawn.
 
-    The line layer is the source's neutral pixels (channel spread <= LINE_NEUTRAL: black and gray
-    ink, anti-aliasing, the white paper) as their luma; colored pixels of the source count as
-    paper (white). For a sketch on white this is the colorist's multiply line layer: black
-    lines stay exactly black, white paper leaves the colors alone. Both images have one size.
+    Ink is the source's neutral pixels (channel spread <= LINE_NEUTRAL), weighted from 1 at luma
+    INK_LUMA down to 0 at PAPER_LUMA; colored pixels, gray fills and paper leave the result alone.
+    Black lines stay exactly black, as under a colorist's multiply line layer. Both images have one size.
     """
     if result.size != source.size:
         raise ValueError(f"keep_lines: result {result.size} and source {source.size} differ in size")
     source = to_rgb(source)
     ink = np.asarray(source, dtype=np.int16)  # (H, W, 3)
     neutral = ink.max(axis=2) - ink.min(axis=2) <= LINE_NEUTRAL  # (H, W)
-    layer = np.where(neutral, np.asarray(source.convert("L"), dtype=np.float32), 255.0)  # (H, W), ITU-R 601 luma
+    luma = np.asarray(source.convert("L"), dtype=np.float32)  # (H, W), ITU-R 601
+    weight = np.where(neutral, np.clip((PAPER_LUMA - luma) / (PAPER_LUMA - INK_LUMA), 0.0, 1.0), 0.0)
+    layer = 1.0 - weight * (1.0 - luma / 255.0)  # (H, W): the multiply factor, 1 where no ink
     colors = np.asarray(to_rgb(result), dtype=np.float32)  # (H, W, 3)
-    return Image.fromarray(np.rint(colors * layer[..., None] / 255.0).astype(np.uint8))
+    return Image.fromarray(np.rint(colors * layer[..., None]).astype(np.uint8))
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> None:

@@ -132,14 +132,16 @@ def test_bytes_decode_like_files_and_errors_are_one_type(tmp_path: Path) -> None
 
 
 def test_keep_lines_multiplies_the_ink_and_leaves_paper_and_fills_alone() -> None:
-    source = np.full((4, 6, 3), 255, np.uint8)  # white paper
+    source = np.full((5, 6, 3), 255, np.uint8)  # white paper
     source[0, :] = 0  # a black line
-    source[1, :] = 128  # a gray (anti-aliased) line
-    source[2, :] = (234, 90, 71)  # a red fill: colored, so not ink
-    result = np.full((4, 6, 3), (40, 200, 120), np.uint8)
+    source[1, :] = 40  # an anti-aliased edge, between INK_LUMA 32 and PAPER_LUMA 63
+    source[2, :] = 63  # OpenMoji's dark gray fill #3F3F3F: a fill, not ink
+    source[3, :] = (234, 90, 71)  # a red fill: colored, so not ink
+    result = np.full((5, 6, 3), (40, 200, 120), np.uint8)
     out = np.asarray(keep_lines(Image.fromarray(result), Image.fromarray(source)))
     assert (out[0] == 0).all()  # the line comes out exactly as drawn
-    assert np.array_equal(out[1], np.rint(result[1] * (128 / 255)).astype(np.uint8))  # multiply
-    assert np.array_equal(out[2:], result[2:])  # fill and paper: the result's colors unchanged
+    weight = (63 - 40) / (63 - 32)  # multiply by the ink's luma, at this weight
+    assert np.abs(out[1] - result[1] * (1 - weight * (1 - 40 / 255))).max() <= 0.5 + 1e-3
+    assert np.array_equal(out[2:], result[2:])  # gray fill, red fill and paper: the result's colors unchanged
     with pytest.raises(ValueError, match="differ in size"):
         keep_lines(Image.fromarray(result), Image.fromarray(source[:2]))
