@@ -185,7 +185,7 @@ def build_model(config: DictConfig, init_ckpt: Path | None, lr: float) -> Any:
 def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
     import pytorch_lightning as pl
 
-    from ldm.callbacks import RNGStateCallback, SignalCheckpoint
+    from ldm.callbacks import PendingLogRow, RNGStateCallback, SignalCheckpoint
     from ldm.util import instantiate_from_config
 
     ckpt_dir = run_dir / "checkpoints"
@@ -202,6 +202,7 @@ def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
         ),
         pl.callbacks.LearningRateMonitor(logging_interval="step"),
         RNGStateCallback(),
+        PendingLogRow(),
         SignalCheckpoint(ckpt_dir / "last.ckpt"),
     ]
     for name, cfg in (config.get("lightning", {}).get("callbacks") or {}).items():
@@ -217,6 +218,16 @@ def check_devices(trainer_cfg: dict[str, Any]) -> None:
         raise UsageError("--gpus / accelerator gpu: no CUDA GPU is available here; drop the flag to train on the CPU")
 
 
+def check_logger(choice: str | None) -> None:
+    """A --logger whose package is missing is a one-line mistake, not Lightning's ModuleNotFoundError."""
+    from importlib.util import find_spec
+
+    needs = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(choice or "", ())
+    if needs and all(find_spec(package) is None for package in needs):
+        raise UsageError(f"--logger {choice}: {' or '.join(needs)} is not installed; "
+                         f"pip install {needs[0]}, or use --logger csv")  # fmt: skip
+
+
 def check_writable(run_dir: Path) -> None:
     """The run folder can be made and written in (a logdir that is a file or read-only fails here); creates nothing."""
     ancestor = run_dir
@@ -228,20 +239,25 @@ def check_writable(run_dir: Path) -> None:
         raise UsageError(f"--logdir: no permission to write in {ancestor}")
 
 
-def check_resume_fits(model: Any, ckpt: Path) -> int:
-    """The global step of the checkpoint to resume, once it is known to hold this model's tensors with this
-    model's shapes; else one line naming the first that does not fit (Lightning would print hundreds)."""
+def check_resume_fits(model: Any, ckpt: Path) -> tuple[int, dict[str, Any] | None]:
+    """The global step of the checkpoint to resume and the log row it carries (`ldm.callbacks.PendingLogRow`),
+    once it is known to hold this model's tensors with this model's shapes; else one line naming the first
+    that does not fit (Lightning would print hundreds)."""
+    from ldm.callbacks import PENDING_LOG_ROW
     from ldm.checkpoint import check_fits, read_checkpoint
 
     checkpoint = read_checkpoint(ckpt)
     not_saved = getattr(model, "not_saved", lambda key: False)  # a LoRA run's frozen base comes from ckpt_path
     check_fits(model, checkpoint.get("state_dict", {}), f"--resume {ckpt}", may_miss=not_saved,
                advice="resume with the config the run was trained with")  # fmt: skip
-    return int(checkpoint.get("global_step", -1))
+    return int(checkpoint.get("global_step", -1)), checkpoint.get(PENDING_LOG_ROW)
 
 
-def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int | None) -> Any:
-    """The run's logger; a CSV log resumed at `resume_step` keeps the rows of the steps before it."""
+def build_logger(
+    choice: str | None, run_dir: Path, name: str, resume_step: int | None, resume_row: dict[str, Any] | None = None
+) -> Any:
+    """The run's logger; a CSV log resumed at `resume_step` keeps the rows of the steps before it, and
+    `resume_row`, the row logged just after the checkpoint was saved."""
     from pytorch_lightning import loggers
 
     from ldm.loggers import ResumableCSVLogger
@@ -257,13 +273,14 @@ def build_logger(choice: str | None, run_dir: Path, name: str, resume_step: int 
         return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
     if choice == "wandb":
         return loggers.WandbLogger(save_dir=run_dir, name=name, project="sketch-pix2pix")
-    return ResumableCSVLogger(save_dir=run_dir, name="", version="csv", resume_step=resume_step)
+    return ResumableCSVLogger(save_dir=run_dir, name="", version="csv", resume_step=resume_step, resume_row=resume_row)
 
 
 def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     import pytorch_lightning as pl
 
     from ldm.callbacks import AtomicCheckpointIO
+    from ldm.io import write_text_atomic
     from ldm.util import check_params, instantiate_from_config, load_config_files
 
     run_dir, resume_ckpt, saved, init_ckpt = resolve_run(opt)
@@ -281,16 +298,17 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     if not opt.train and "validation" not in config.data.get("params", {}):
         raise UsageError("nothing to validate: the config sets no data.params.validation; pass --train to train")
     check_devices(trainer_cfg)
+    check_logger(opt.logger)
     check_writable(run_dir)
     data = instantiate_from_config(config.data, "data")
     model = build_model(config, init_ckpt, learning_rate(opt, config, trainer_cfg))
-    resume_step = None if resume_ckpt is None else check_resume_fits(model, resume_ckpt)  # before anything is written
+    resume_step, resume_row = (None, None) if resume_ckpt is None else check_resume_fits(model, resume_ckpt)
 
     every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
     trainer_cfg.setdefault("max_steps", -1)
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        logger=build_logger(opt.logger, run_dir, run_dir.name, resume_step),
+        logger=build_logger(opt.logger, run_dir, run_dir.name, resume_step, resume_row),
         callbacks=build_callbacks(config, run_dir, every),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)
@@ -301,7 +319,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     if trainer.is_global_zero:
         (run_dir / "configs").mkdir(parents=True, exist_ok=True)
         stamp = f"{datetime.datetime.now():%Y-%m-%dT%H-%M-%S}"
-        OmegaConf.save(config, run_dir / "configs" / f"{stamp}-project.yaml")
+        # atomic: a resume merges the newest of these first, so a kill mid-write must not leave half a config
+        write_text_atomic(run_dir / "configs" / f"{stamp}-project.yaml", OmegaConf.to_yaml(config))
     if opt.train:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
     else:

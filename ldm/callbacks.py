@@ -1,5 +1,5 @@
 """Lightning callbacks and plugins used by main.py: image grids, pre-emption checkpoints,
-RNG state in checkpoints (exact resume), and atomic checkpoint writes."""
+RNG state and the next log row in checkpoints (exact resume), and atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -70,6 +70,40 @@ class RNGStateCallback(pl.Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+PENDING_LOG_ROW = "pending_log_row"  # checkpoint key: {"step": int, "metrics": {name: float}}
+
+
+class PendingLogRow(pl.Callback):
+    """Flushes the loggers before each checkpoint is written, and puts in it the metrics row that Lightning
+    logs right after saving it.
+
+    ModelCheckpoint saves in `on_train_batch_end`, and only then does Lightning log that batch's
+    metrics (the row of step N-1 for the checkpoint of global step N) and flush the CSV log, which
+    until then holds LearningRateMonitor's row of that step in memory. A run killed between the save
+    and the flush lost both rows for good, since its resume starts at step N. Now the first is on disk
+    before the checkpoint and a resumed `ldm.loggers.ResumableCSVLogger` writes the second from the
+    checkpoint. Reads Lightning's private logger connector: the public `callback_metrics` mixes in
+    metrics that are not logged.
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        from lightning_fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        for logger in trainer.loggers:
+            logger.save()
+        connector = trainer._logger_connector
+        if trainer.state.fn != "fit" or not (connector.should_update_logs or trainer.fast_dev_run):
+            return
+        metrics = convert_tensors_to_scalars(connector.metrics["log"])
+        if not metrics:
+            return
+        step = metrics.pop("step", None)  # as LoggerConnector.log_metrics: a logged "step", else the batches stepped
+        if step is None:
+            metrics.setdefault("epoch", trainer.current_epoch)
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        checkpoint[PENDING_LOG_ROW] = {"step": int(step), "metrics": metrics}
 
 
 class SignalCheckpoint(pl.Callback):
