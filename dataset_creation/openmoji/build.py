@@ -56,7 +56,8 @@ from dataset_creation.openmoji.plan import (
 )
 from dataset_creation.openmoji.source import code_points, list_emojis, openmoji_svg_dir, openmoji_version
 from dataset_creation.openmoji.svg import color_areas, line_only, line_signature, parse_svg, recolor, render
-from ldm.io import write_files_atomic, write_text_atomic
+from ldm.errors import UserError
+from ldm.io import remove_stale_temp_files, write_files_atomic, write_text_atomic
 
 SEED = 0  # the single seed of every pair folder: files 0_0.png / 0_1.png
 RECORDS_DIR = ".records"
@@ -74,6 +75,41 @@ class BuildSettings:
     def signature(self) -> dict[str, Any]:
         """What a finished emoji's record must match to be reused."""
         return {"size": self.size, "kinds": list(self.kinds), "variants": self.variants, "plan": PLAN_VERSION}
+
+
+# the command-line option of each field of `BuildSettings.signature`
+SETTING_OPTIONS = {"size": "--size", "kinds": "--kinds", "variants": "--recolor-variants", "plan": "plan version"}
+
+
+def check_same_settings(out: Path, settings: BuildSettings) -> None:
+    """A folder holds one build: one made with other settings is refused (a build into it would overwrite
+    some of its pairs and leave the others beside them), with the settings that differ."""
+    for path in sorted((out / RECORDS_DIR).glob("*.json")):
+        record = _read_json(path)
+        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
+            break
+    else:
+        return  # a new folder, or one whose records all are unreadable (they are redone)
+    theirs, ours = record["settings"], settings.signature()
+    differ = [f"{SETTING_OPTIONS[k]} {_shown(theirs.get(k))} (this build: {_shown(v)})" for k, v in ours.items()
+              if theirs.get(k) != v]  # fmt: skip
+    if differ:
+        raise UserError(
+            f"--out {out} holds a build made with {', '.join(differ)}; give another --out, "
+            f"or delete {out} to rebuild it with these settings"
+        )
+
+
+def _shown(value: Any) -> str:
+    """A setting as it is given on the command line (kinds: comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def remove_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files under `out` whose writer is gone (`ldm.io`): a build killed, or one whose
+    workers were stopped by a failure in another (a full disk), leaves them in any pair folder."""
+    folders = [out, *(p for p in out.rglob("*") if p.is_dir())] if out.is_dir() else []
+    return [path for folder in folders for path in remove_stale_temp_files(folder)]
 
 
 def _update_text(path: Path, text: str) -> None:
@@ -238,17 +274,23 @@ def build(
     codes = list_emojis(svg_path)
     selected = codes if limit is None else codes[:limit]
     settings = BuildSettings(str(out), size, kinds, variants, str(svg_path))
-    # Leaving the Pool's context terminates the workers (all results are in by then).
-    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        imap = pool.imap if pool is not None else map
-        split_of = splits_of(svg_path, codes, imap, **_chunks(pool, 64))
-        tasks = [(code, split_of[code], settings) for code in selected]
-        results = []
-        unordered = pool.imap_unordered if pool is not None else map
-        bar = tqdm(unordered(process_emoji, tasks, **_chunks(pool, 8)), total=len(tasks), disable=not progress)
-        for result in bar:
-            bar.set_postfix_str(result["code"], refresh=False)
-            results.append(result)
+    check_same_settings(out, settings)
+    remove_temp_files(out)
+    try:
+        # Leaving the Pool's context terminates the workers (all results are in by then, unless one failed).
+        with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            imap = pool.imap if pool is not None else map
+            split_of = splits_of(svg_path, codes, imap, **_chunks(pool, 64))
+            tasks = [(code, split_of[code], settings) for code in selected]
+            results = []
+            unordered = pool.imap_unordered if pool is not None else map
+            bar = tqdm(unordered(process_emoji, tasks, **_chunks(pool, 8)), total=len(tasks), disable=not progress)
+            for result in bar:
+                bar.set_postfix_str(result["code"], refresh=False)
+                results.append(result)
+    except BaseException:
+        remove_temp_files(out)  # those of the workers stopped mid-write
+        raise
     results.sort(key=lambda r: code_points(r["code"]))
     rows = sorted(
         (row for r in results for row in r["pairs"]),

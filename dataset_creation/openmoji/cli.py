@@ -2,8 +2,9 @@
 
     python -m dataset_creation.openmoji --out data/openmoji --size 64
 
-A mistake in the options or the output folder is one `openmoji: error: ...` line on stderr and a
-non-zero exit status (`ldm.cli`); Ctrl-C stops a build that the same command resumes.
+A mistake in the options or the output folder is one `openmoji: error: ...` line on stderr and exit
+status 2 (`ldm.cli`); a write that fails (a full disk) is one line and exit 1. Ctrl-C or a failure
+stops a build that the same command resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from dataset_creation.openmoji.source import openmoji_svg_dir
 from ldm.cli import ArgumentParser, UsageError, int_at_least, run_cli
 
 PROG = "openmoji"
+
+
+class BuildFailed(Exception):
+    """A write into --out failed (a full disk, a folder that went away); the finished pairs are kept."""
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -65,16 +70,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         svg_dir = openmoji_svg_dir()
     except ImportError as err:
         raise UsageError(err) from err
-    summary = build(
-        out,
-        size=args.size,
-        kinds=args.kinds,
-        variants=args.recolor_variants,
-        limit=args.limit,
-        workers=args.workers,
-        progress=not args.no_progress,
-        svg_dir=svg_dir,
-    )
+    try:
+        summary = build(
+            out,
+            size=args.size,
+            kinds=args.kinds,
+            variants=args.recolor_variants,
+            limit=args.limit,
+            workers=args.workers,
+            progress=not args.no_progress,
+            svg_dir=svg_dir,
+        )
+    except OSError as err:
+        raise BuildFailed(  # err.filename would name a temporary file, removed by now
+            f"--out {args.out}: {err.strerror or err}; the finished pairs are kept: "
+            "free space (or fix the folder) and run the same command again to go on"
+        ) from err
     per_kind = ", ".join(f"{k} {sum(v.values())}" for k, v in summary["counts"].items())
     print(
         f"{args.out}: {sum(s['pairs'] for s in summary['splits'].values())} pairs ({per_kind}); "
@@ -92,4 +103,5 @@ def main(argv: Iterable[str] | None = None) -> int:
         run(args)
         return 0
 
-    return run_cli(PROG, build_from_args, interrupted="interrupted (the same command resumes the build)")
+    interrupted = "interrupted (the same command resumes the build)"
+    return run_cli(PROG, build_from_args, failures=(BuildFailed,), interrupted=interrupted)
