@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -323,10 +324,24 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def run_out_of_memory_as_memory_error(args: argparse.Namespace) -> int:
+    """`run`, with torch's CPU out-of-memory error (a RuntimeError, unlike CUDA's) raised as MemoryError."""
+    try:
+        return run(args)
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err):  # DefaultCPUAllocator's message (c10/core/impl/alloc_cpu.cpp)
+            raise
+        size = re.search(r"allocate (\d+) bytes", str(err))
+        wanted = f" (asked for {int(size[1]) / 2**30:.1f} GiB more)" if size else ""
+        raise MemoryError(
+            f"out of memory on the CPU{wanted}; lower --resolution or --num-samples, or edit on a GPU"
+        ) from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: run(args), failures=(MemoryError,))
+    return run_cli(PROG, lambda: run_out_of_memory_as_memory_error(args), failures=(MemoryError,))
 
 
 if __name__ == "__main__":

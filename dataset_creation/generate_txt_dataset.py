@@ -180,6 +180,10 @@ def select(captions: Sequence[Caption], limit: int | None, partitions: int, part
 
 
 # ---- output -------------------------------------------------------------------------------------
+class OutputFailed(Exception):
+    """Writing --output failed (a full disk); the lines written before are kept."""
+
+
 def read_done(path: Path) -> tuple[set[str], bool]:
     """Ids already written to `path`, and whether a cut-short last line had to be removed first."""
     if not path.exists():
@@ -447,9 +451,17 @@ def run(args: argparse.Namespace) -> Stats:
         return stats
     backend = openai_backend(args, examples) if args.backend == "openai" else local_backend(args, examples)
     model_name = args.model if args.backend == "openai" else Path(args.model_path).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a", encoding="utf-8") as out:
-        generate(backend, todo, out, model_name, args.max_chars, stats, progress=not args.no_progress)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8") as out:
+            generate(backend, todo, out, model_name, args.max_chars, stats, progress=not args.no_progress)
+    except OSError as err:  # a full disk: the complete lines stay, a cut-short last one is removed
+        if target.is_file():
+            read_done(target)
+        raise OutputFailed(
+            f"--output {target}: {err.strerror or err}; the {stats.written} lines written by this run are kept: "
+            "free space and run again to go on"
+        ) from err
     return stats
 
 
@@ -475,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if stats.failed else 0
 
     interrupted = "interrupted (the lines written so far are kept; run again to go on)"
-    return run_cli(PROG, generate_and_summarize, failures=(BackendError,), interrupted=interrupted)
+    return run_cli(PROG, generate_and_summarize, failures=(BackendError, OutputFailed), interrupted=interrupted)
 
 
 if __name__ == "__main__":

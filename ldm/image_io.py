@@ -170,8 +170,15 @@ def keep_lines(result: Image.Image, source: Image.Image) -> Image.Image:
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> None:
-    """Write `image` to `path` in the format of its extension (`ldm.io.atomic_writer`: all or nothing)."""
+    """Write `image` to `path` in the format of its extension (`ldm.io.atomic_writer`: all or nothing).
+
+    An OSError (a full disk) names `path`, not the temporary file, which is gone by then."""
     fmt = output_format(path)
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
-    with atomic_writer(path) as f:
-        image.save(f, format=fmt, **options)
+    try:
+        with atomic_writer(path) as f:
+            image.save(f, format=fmt, **options)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err

@@ -45,6 +45,7 @@ import csv
 import io
 import json
 import math
+import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,8 +308,16 @@ def load_clip(args: argparse.Namespace, device: torch.device) -> ClipSimilarity:
         return ClipSimilarity(args.clip_model, args.clip_weights).to(device)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from err
-    except (ValueError, RuntimeError, OSError) as err:
-        raise UsageError(f"--clip-weights {args.clip_weights}: cannot load it into {args.clip_model} ({err})") from err
+    # weights of another model or not weights at all: strict loading's RuntimeError, open_clip's shape assertion
+    # (a resized position embedding), unpickling errors, a file that holds no state dict
+    except (ValueError, RuntimeError, OSError, AssertionError, EOFError, pickle.UnpicklingError, AttributeError,
+            KeyError, TypeError) as err:  # fmt: skip
+        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        raise UsageError(
+            f"--clip-weights {args.clip_weights}: cannot load it into {args.clip_model} ({reason}); "
+            "give the weights of that model, or the --clip-model they belong to"
+        ) from err
 
 
 def evaluate_pairs(
