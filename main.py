@@ -283,6 +283,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     from ldm.io import write_text_atomic
     from ldm.util import check_params, instantiate_from_config, load_config_files
 
+    check_logger(opt.logger)
     run_dir, resume_ckpt, saved, init_ckpt = resolve_run(opt)
     config = load_config_files(saved + list(opt.base), overrides)
     if not opt.base and not saved:
@@ -298,7 +299,6 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     if not opt.train and "validation" not in config.data.get("params", {}):
         raise UsageError("nothing to validate: the config sets no data.params.validation; pass --train to train")
     check_devices(trainer_cfg)
-    check_logger(opt.logger)
     check_writable(run_dir)
     data = instantiate_from_config(config.data, "data")
     model = build_model(config, init_ckpt, learning_rate(opt, config, trainer_cfg))

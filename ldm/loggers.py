@@ -35,7 +35,7 @@ class _ResumingWriter(ExperimentWriter):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
             text = f.read()
-        if not text.endswith("\n"):  # a kill in the middle of an append: drop the cut-short row
+        if not text.endswith(("\n", "\r")):  # a kill in the middle of an append: drop the cut-short row
             text = text[: text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = list(reader.fieldnames or [])

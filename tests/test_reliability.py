@@ -349,3 +349,20 @@ def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, capsys) -> None
         assert main.main(args) == 2
         one_line(capsys.readouterr().err, "main.py", f"--logger {name}: ", "is not installed", "--logger csv")
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_resumed_csv_log_drops_a_cut_short_row_and_puts_back_the_checkpoint_row(tmp_path) -> None:
+    """What a kill leaves in metrics.csv (a cut-short last row, a missing row after the checkpoint), without main.py."""
+    from ldm.loggers import ResumableCSVLogger
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,loss,lr,step\n,,0.1,0\n0,0.9,,0\n,,0.2,1\n0,0.8,,1\n,,0.3,2\n0,0.7")
+    row = {"step": 2, "metrics": {"loss": 0.75, "epoch": 0}}  # PendingLogRow's, for a checkpoint at step 3
+    logger = ResumableCSVLogger(save_dir=tmp_path, name="", version="csv", resume_step=3, resume_row=row)
+    logger.log_metrics({"lr": 0.4}, step=3)
+    logger.save()
+    assert (folder / "metrics.csv").read_text().splitlines() == [
+        "epoch,loss,lr,step", ",,0.1,0", "0,0.9,,0", ",,0.2,1", "0,0.8,,1", ",,0.3,2", "0,0.75,,2", ",,0.4,3"
+    ]
+    assert temp_files(tmp_path) == []
