@@ -32,8 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, int_at_least, model_weights, run_cli
-from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
+from ldm.cli import (
+    ArgumentParser,
+    UsageError,
+    add_weights_arguments,
+    existing_file,
+    int_at_least,
+    lora_files,
+    model_weights,
+    run_cli,
+)
+from ldm.edit_settings import PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, keep_lines, load_image
 
 if TYPE_CHECKING:
@@ -299,9 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
-    add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
-    add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
+    add_weights_arguments(parser)
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype; auto = fp16 on CUDA, else fp32")
@@ -323,13 +330,14 @@ def run(args: argparse.Namespace) -> int:
     model_config, defaults = read_model_config(args.config)
     ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
+    loras = lora_files(args.lora, args.lora_scale)
     try:
         import gradio  # noqa: F401 (checked before the model load)
     except ImportError as err:
         raise UsageError("gradio is not installed: pip install -e '.[app]' (or make setup)") from err
     from ldm.inference import load_editor
 
-    editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision)
+    editor = load_editor(model_config, ckpt, args.vae_ckpt, args.device, args.precision, loras)
     options = SamplingOptions(defaults["steps"], defaults["sampler"], False, defaults["cfg_text"],
                               defaults["cfg_image"])  # fmt: skip
     settings = AppSettings(args.resolution or defaults["resolution"], options, args.seed, args.max_pixels,

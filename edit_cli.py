@@ -36,14 +36,16 @@ from tqdm import tqdm
 from ldm.cli import (
     ArgumentParser,
     UsageError,
+    add_weights_arguments,
     existing_file,
     finite_float,
     int_at_least,
+    lora_files,
     model_weights,
     report_error,
     run_cli,
 )
-from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
+from ldm.edit_settings import PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import (
     ImageInputError,
     fit_to_stride,
@@ -94,13 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--input", required=True, help='an image, a folder of images, or a .jsonl of {"input", "edit", "output"} jobs')
     add("--output", help="a file for one image; a folder for a folder (or the base of relative JSONL outputs)")
     add("--edit", help='the instruction (JSONL jobs may carry their own); "" writes the resized input')
-    add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
-    add("--ckpt", help="weights (.ckpt or .safetensors); required unless the config sets model.params.ckpt_path")
-    add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
-    add("--lora", action="append", default=[], metavar="FILE",
-        help="merge a LoRA adapter (diffusers-layout .safetensors, or a LoRA run's .ckpt); repeatable")
-    add("--lora-scale", action="append", type=finite_float, default=[], metavar="S",
-        help="adapter strength (0 = off, 1 = as trained): one per --lora in order, or one for all [1]")
+    add_weights_arguments(parser)
     add("--steps", type=int_at_least(1), help="sampling steps [100, or the config's edit_defaults]")
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
     add("--cfg-text", type=finite_float,
@@ -259,16 +255,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     return planned, problems
 
 
-def lora_jobs(files: list[str], scales: list[float]) -> list[tuple[Path, float]]:
-    """(adapter file, scale) pairs of --lora / --lora-scale: no scale means 1, one scale serves every file."""
-    if scales and not files:
-        raise UsageError("--lora-scale needs a --lora FILE to scale")
-    if len(scales) not in (0, 1, len(files)):
-        raise UsageError(f"--lora-scale: give one scale for all or one per --lora ({len(files)}), not {len(scales)}")
-    scales = scales * len(files) if len(scales) == 1 else scales or [1.0] * len(files)
-    return [(existing_file("--lora", f), s) for f, s in zip(files, scales, strict=True)]
-
-
 # ---- running ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Plan, check, then edit job by job; 0 if every job was written, else 1."""
@@ -279,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     ckpt = model_weights(args.ckpt, model_config, args.config)
     existing_file("--vae-ckpt", args.vae_ckpt)
-    loras = lora_jobs(args.lora, args.lora_scale)
+    loras = lora_files(args.lora, args.lora_scale)
     for problem in problems:
         report_error(PROG, problem)
 

@@ -100,6 +100,31 @@ def model_weights(ckpt: str | None, model_config: dict, config: str | Path) -> P
     return existing_file("--ckpt", str(path))
 
 
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --ckpt, --vae-ckpt, --lora and --lora-scale, as edit_cli.py and edit_app.py take them."""
+    from ldm.edit_settings import DEFAULT_CONFIG
+
+    add = parser.add_argument
+    add("--config", default=str(DEFAULT_CONFIG), help="YAML whose `model` section builds the model")
+    add("--ckpt", help="weights (.ckpt, .safetensors, or a diffusers pipeline folder); required unless the config "
+        "sets model.params.ckpt_path")  # fmt: skip
+    add("--vae-ckpt", help="replace the autoencoder weights from an autoencoder or SD checkpoint")
+    add("--lora", action="append", default=[], metavar="FILE",
+        help="merge a LoRA adapter (diffusers-layout .safetensors, or a LoRA run's .ckpt); repeatable")
+    add("--lora-scale", action="append", type=finite_float, default=[], metavar="S",
+        help="adapter strength (0 = off, 1 = as trained): one per --lora in order, or one for all [1]")
+
+
+def lora_files(files: Sequence[str], scales: Sequence[float]) -> list[tuple[Path, float]]:
+    """(adapter file, scale) pairs of --lora / --lora-scale: no scale means 1, one scale serves every file."""
+    if scales and not files:
+        raise UsageError("--lora-scale needs a --lora FILE to scale")
+    if len(scales) not in (0, 1, len(files)):
+        raise UsageError(f"--lora-scale: give one scale for all or one per --lora ({len(files)}), not {len(scales)}")
+    scales = list(scales) * len(files) if len(scales) == 1 else list(scales) or [1.0] * len(files)
+    return [(existing_file("--lora", f), s) for f, s in zip(files, scales, strict=True)]
+
+
 def finite_float(text: str) -> float:
     """An argparse `type` for real numbers: NaN and infinities are refused (they give black images, IoU 1.0, ...)."""
     value = float(text)

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, run_cli
+from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, lora_files, run_cli
 from ldm.edit_settings import DEFAULT_CONFIG, read_model_config
 
 PROG = "merge_lora.py"
@@ -71,11 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = existing_file("--ckpt", args.ckpt or params.get("ckpt_path"))
         if base is None:
             raise UsageError(f"--ckpt is required: {args.config} sets no model.params.ckpt_path")
-        files = [existing_file("--lora", f) for f in args.lora]
-        scales = args.lora_scale
-        if len(scales) not in (0, 1, len(files)):
-            raise UsageError(f"--lora-scale: give one for all or one per --lora ({len(files)}), not {len(scales)}")
-        scales = scales * len(files) if len(scales) == 1 else scales or [1.0] * len(files)
+        files, scales = zip(*lora_files(args.lora, args.lora_scale), strict=True)
         target = Path(args.out or args.export_adapter)
         if args.export_adapter and (len(files) != 1 or args.lora_scale):
             raise UsageError("--export-adapter writes one --lora as it is: give one --lora and no --lora-scale")

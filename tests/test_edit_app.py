@@ -148,6 +148,7 @@ def test_bad_command_lines_are_one_line(files):
         [*app_args(files)[:2], "--ckpt", str(files["root"] / "missing.ckpt")],
         ["--config", str(files["root"] / "missing.yaml")],
         [*app_args(files), "--port", "70000"],
+        [*app_args(files), "--lora", str(files["root"] / "missing.safetensors")],  # the adapter options of edit_cli
     ]
     for args in runs:
         run = subprocess.run([sys.executable, str(ROOT / "edit_app.py"), *args], capture_output=True, text=True,

@@ -310,22 +310,13 @@ def _get(module: nn.Module, name: str) -> nn.Module | None:
 
 
 # ---- diffusers' layout ---------------------------------------------------------------------------
-def layers_per_block(unet: nn.Module) -> int:
-    """ResBlocks per level of our UNet (diffusers' `layers_per_block`): input blocks before the first Downsample."""
-    from ldm.modules.diffusionmodules.openaimodel import Downsample
-
-    blocks = list(unet.input_blocks)[1:]
-    for i, block in enumerate(blocks):
-        if isinstance(block[0], Downsample):
-            return i
-    return len(blocks)
-
-
 def diffusers_unet_names(unet: nn.Module) -> dict[str, str]:
     """Our UNet's module names -> diffusers' `UNet2DConditionModel`'s, from diffusers' own converter
     (`convert_ldm_unet_checkpoint`) run on the parameter names themselves."""
     try:
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+        from ldm.diffusers_keys import layers_per_block
     except ImportError as err:
         raise ImportError(f"LoRA files in diffusers' layout need diffusers (pip install diffusers): {err}") from err
 
