@@ -76,6 +76,18 @@ def wait_for_result(page: Any, timeout: float) -> Any:
     raise RuntimeError(f"no edited image after {timeout:.0f} s")
 
 
+def upload(page: Any, sketch: Path, timeout: float = 240) -> float:
+    """Put `sketch` into the input canvas through its file chooser, once the canvas has rendered, and wait
+    until it shows the sketch (the canvas is WebGL drawn by Chromium's software renderer: slow on a busy CPU).
+    Returns the seconds the canvas took."""
+    placeholder = page.locator("#input-image").get_by_text("Upload an image")
+    placeholder.wait_for(timeout=timeout * 1000)
+    page.locator("#input-image input[type=file]").set_input_files(str(sketch))
+    start = time.monotonic()
+    placeholder.wait_for(state="hidden", timeout=timeout * 1000)
+    return time.monotonic() - start
+
+
 def use_app(url: str, chromium: str, sketch: Path, instruction: str, screenshot: Path, result: Path) -> dict:
     """Upload, type, randomize the seed, Generate, wait; the screenshot and result are written."""
     from playwright.sync_api import sync_playwright
@@ -85,8 +97,7 @@ def use_app(url: str, chromium: str, sketch: Path, instruction: str, screenshot:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
-            page.locator("#input-image input[type=file]").set_input_files(str(sketch))
-            page.locator("#input-image").get_by_text("Upload an image").wait_for(state="hidden")
+            upload_seconds = upload(page, sketch)
             page.locator("#instruction textarea").fill(instruction)
             page.get_by_label("Randomize seed").check()
             shown_seed = page.locator("#seed input").input_value()
@@ -100,6 +111,7 @@ def use_app(url: str, chromium: str, sketch: Path, instruction: str, screenshot:
             response = page.request.get(image.get_attribute("src"))
             report = {
                 "seconds_click_to_image": round(seconds, 2),
+                "seconds_upload_to_canvas": round(upload_seconds, 2),
                 "seed_before": shown_seed,
                 "seed_shown": page.locator("#seed input").input_value(),
                 "gallery_captions": page.locator("#gallery .caption-label").all_inner_texts(),
@@ -136,11 +148,15 @@ def run(args: argparse.Namespace) -> int:
         instruction = args.instruction or instruction
         if not instruction:
             raise UsageError("--instruction is required with --sketch")
+        from playwright.sync_api import Error as PlaywrightError
+
         port = free_port()
         app = start_app(args.app_args, port, Path(work) / "app.log")
         try:
             report = use_app(f"http://127.0.0.1:{port}/", args.chromium, sketch, instruction, Path(args.out),
                              Path(args.result or Path(args.out).with_name(Path(args.out).stem + "_result.png")))
+        except PlaywrightError as err:  # a page that never showed what was waited for: one line, exit 1
+            raise RuntimeError(f"the browser: {str(err).splitlines()[0]}") from err
         finally:
             app.terminate()
             app.wait(timeout=30)
