@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ldm.cli import (
     ArgumentParser,
     UsageError,
+    add_device_arguments,
     add_weights_arguments,
     existing_file,
     int_at_least,
@@ -42,7 +43,7 @@ from ldm.cli import (
     model_weights,
     run_cli,
 )
-from ldm.edit_settings import PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
+from ldm.edit_settings import SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, keep_lines, load_image
 
 if TYPE_CHECKING:
@@ -310,8 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add_weights_arguments(parser)
     add("--resolution", type=int_at_least(1), help="longer side of the edited image in pixels [512, or the config's]")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype; auto = fp16 on CUDA, else fp32")
+    add_device_arguments(parser)
     add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface of this machine)")
     add("--port", type=int_at_least(1), default=7860, help="port to serve on")
     add("--share", action="store_true", help="also open a public gradio.live link (off: nothing leaves the machine)")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from ldm.cli import (
     ArgumentParser,
     UsageError,
+    add_device_arguments,
     add_weights_arguments,
     existing_file,
     finite_float,
@@ -45,7 +46,7 @@ from ldm.cli import (
     report_error,
     run_cli,
 )
-from ldm.edit_settings import PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
+from ldm.edit_settings import SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import (
     ImageInputError,
     fit_to_stride,
@@ -109,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep-lines", action="store_true",
         help="lay the input's line art over each result (multiply), so the lines come out exactly as drawn")
     add("--num-samples", type=int_at_least(1), default=1, help="edits per input: out.png -> out_0.png, out_1.png, ...")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype; auto = fp16 on CUDA, else fp32")
+    add_device_arguments(parser)
     add("--max-pixels", type=int_at_least(1), default=40_000_000, help="refuse inputs with more pixels")
     return parser
 

@@ -71,15 +71,16 @@ def input_image() -> Image.Image:
 def edit_calls(
     editor: ImageEditor, pipe: object, image: Image.Image, dtype: torch.dtype | None
 ) -> dict[str, Callable[[int], Image.Image]]:
-    """steps -> edited image, for our editor and for diffusers, in fp32 (dtype None) or autocast to `dtype`."""
-    ours_editor = ImageEditor(editor.model, torch.device("cpu"), dtype)
+    """steps -> edited image, for our editor and for diffusers, in fp32 (dtype None) or autocast to `dtype`,
+    on the editor's device."""
+    ours_editor = ImageEditor(editor.model, editor.device, dtype)
 
     def ours(steps: int) -> Image.Image:
         options = SamplingOptions(steps=steps, sampler="euler", cfg_text=CFG_TEXT, cfg_image=CFG_IMAGE)
         return ours_editor.edit(image, INSTRUCTION, [0], options)[0]
 
     def diffusers(steps: int) -> Image.Image:
-        amp = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        amp = torch.autocast(editor.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with amp:
             result = pipe(
                 INSTRUCTION,

@@ -404,11 +404,10 @@ class Suite:
         """Our ImageEditor and diffusers' pipeline on the same tensors, alternating; [ours, diffusers]."""
         import torch
         from diffusers import EulerDiscreteScheduler
-        from edit_vs_diffusers import CFG_IMAGE, CFG_TEXT, INSTRUCTION
+        from edit_vs_diffusers import edit_calls
         from PIL import Image, ImageDraw
 
         from ldm.diffusers_export import to_diffusers_pipeline
-        from ldm.edit_settings import SamplingOptions
         from ldm.inference import ImageEditor, autocast_dtype
 
         dtype = autocast_dtype("auto", self.device)  # edit_cli.py's default: fp16 autocast on CUDA, fp32 on CPU
@@ -421,24 +420,8 @@ class Suite:
         ImageDraw.Draw(image).ellipse((side // 6, side // 6, side - side // 6, side - side // 6), outline="black",
                                       width=max(1, side // 64))  # fmt: skip
 
-        def ours(n: int) -> Image.Image:
-            options = SamplingOptions(steps=n, sampler="euler", cfg_text=CFG_TEXT, cfg_image=CFG_IMAGE)
-            return editor.edit(image, INSTRUCTION, [0], options)[0]
-
-        def diffusers(n: int) -> Image.Image:
-            amp = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with amp:
-                result = pipe(
-                    INSTRUCTION,
-                    image=image,
-                    num_inference_steps=n,
-                    guidance_scale=CFG_TEXT,
-                    image_guidance_scale=CFG_IMAGE,
-                    generator=torch.Generator().manual_seed(0),
-                )
-            return result.images[0]
-
-        calls = {EDIT_OURS: ours, EDIT_DIFFUSERS: diffusers}
+        pair = edit_calls(editor, pipe, image, dtype)  # the CPU benchmark's two callables, on this device
+        calls = {EDIT_OURS: pair["ours"], EDIT_DIFFUSERS: pair["diffusers"]}
         for call in calls.values():
             assert call(1).size == image.size  # warm-up
         seconds: dict[str, list[float]] = {name: [] for name in calls}

@@ -72,7 +72,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_creation.generate_txt_dataset import id_hash
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, model_weights, run_cli
+from ldm.cli import (
+    ArgumentParser,
+    UsageError,
+    add_device_arguments,
+    existing_file,
+    finite_float,
+    int_at_least,
+    model_weights,
+    run_cli,
+)
 from ldm.edit_settings import SAMPLERS, read_model_config
 from ldm.io import atomic_folder, write_text_atomic
 
@@ -175,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="the whole dataset's seed (every partition must use the same)")
     add("--n-partitions", type=int_at_least(1), default=1, help="split the triples among this many runs")
     add("--partition", type=int, default=0, help="which partition this run does, 0 .. n-partitions - 1")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    add("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-        help="autocast dtype; auto = fp16 on CUDA (as the original), else fp32")  # fmt: skip
+    add_device_arguments(parser)
     return parser
 
 

@@ -115,6 +115,15 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapter strength (0 = off, 1 = as trained): one per --lora in order, or one for all [1]")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision, as every command that runs a model takes them (`ldm.inference.load_editor`)."""
+    from ldm.edit_settings import PRECISIONS
+
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast dtype; auto = fp16 on CUDA, else fp32")  # fmt: skip
+
+
 def lora_files(files: Sequence[str], scales: Sequence[float]) -> list[tuple[Path, float]]:
     """(adapter file, scale) pairs of --lora / --lora-scale: no scale means 1, one scale serves every file."""
     if scales and not files:

@@ -55,8 +55,17 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from tqdm import tqdm
 
-from ldm.cli import ArgumentParser, UsageError, existing_file, finite_float, int_at_least, model_weights, run_cli
-from ldm.edit_settings import DEFAULT_CONFIG, PRECISIONS, SAMPLERS, SamplingOptions, read_model_config
+from ldm.cli import (
+    ArgumentParser,
+    UsageError,
+    add_device_arguments,
+    existing_file,
+    finite_float,
+    int_at_least,
+    model_weights,
+    run_cli,
+)
+from ldm.edit_settings import DEFAULT_CONFIG, SAMPLERS, SamplingOptions, read_model_config
 from ldm.image_io import ImageInputError, fit_to_stride, load_image, save_image_atomic
 from ldm.io import write_bytes_atomic
 from metrics import image_quality
@@ -103,13 +112,6 @@ class Setting:
 
 
 # ---- arguments ----------------------------------------------------------------------------------
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
@@ -127,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num-samples", type=int_at_least(1), default=100, help="evaluate the first N entries of the split")
     add("--clip-model", default="ViT-L-14", help="open_clip model name (the paper: ViT-L-14) or a config .json")
     add("--clip-weights", required=True, help="local CLIP weights (open_clip state dict or OpenAI's ViT-L-14.pt)")
-    add("--cfg-text", type=_finite, nargs="+", default=[7.5], help="text guidance scale(s)")
-    add("--cfg-image", type=_finite, nargs="+", default=list(CFG_IMAGE_SWEEP), help="image guidance scales")
+    add("--cfg-text", type=finite_float, nargs="+", default=[7.5], help="text guidance scale(s)")
+    add("--cfg-image", type=finite_float, nargs="+", default=list(CFG_IMAGE_SWEEP), help="image guidance scales")
     add("--steps", type=int_at_least(1), default=100, help="sampling steps")
     add("--sampler", choices=list(SAMPLERS), default="euler_a", help="k-diffusion sampler")
     add("--resolution", type=int_at_least(1), default=512, help="longer side of the edited image (pixels)")
@@ -138,8 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quality", action="store_true", help="also metrics/image_quality.py's metrics of the edits (see --help)")
     image_quality.add_weight_arguments(parser, clip=False)
     add("--out", required=True, help="folder for the tables, the plot and the edited images")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    add("--precision", choices=PRECISIONS, default="auto", help="autocast dtype of the editor; auto = fp16 on CUDA")
+    add_device_arguments(parser)
     return parser
 
 
