@@ -6,11 +6,14 @@ extra). The model's state dict is an SD checkpoint already; diffusers'
 own single-file helpers derive the UNet and VAE configs from our YAML `model` section and
 convert the keys. UNet and VAE are built on the meta device and assigned our tensors (no
 copy, so both pipelines share memory); the CLIP text model is built normally (its
-non-persistent position ids must be real) and loaded. The tokenizer is our tokenizer object.
+non-persistent position ids must be real) and loaded, and the tokenizer is our tokenizer object. A
+Hugging Face text encoder (the OpenMoji models' MiniLM) goes in as the transformers model it is (a
+BertModel), with the two settings that make the pipelines encode prompts as we do.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -27,14 +30,39 @@ from diffusers.loaders.single_file_utils import (
     create_unet_diffusers_config_from_ldm,
     create_vae_diffusers_config_from_ldm,
 )
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from ldm.models.diffusion.ddpm_edit import LatentDiffusion
-from ldm.modules.encoders.modules import FrozenCLIPEmbedder
+from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenHFTextEmbedder
 
 
 def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:
     module.load_state_dict(state, strict=True, assign=assign)  # strict: raises on any missing or extra key
+
+
+def _clip_text_model(
+    encoder: FrozenCLIPEmbedder, checkpoint: dict[str, torch.Tensor]
+) -> tuple[CLIPTextModel, PreTrainedTokenizerBase]:
+    """transformers' CLIPTextModel with the checkpoint's text tower, and our tokenizer."""
+    text_encoder = CLIPTextModel(encoder.transformer.config)
+    text_state = convert_ldm_clip_checkpoint(checkpoint)  # "text_model.*" keys
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
+        text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
+    result = text_encoder.load_state_dict(text_state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {"text_model.embeddings.position_ids"}
+    return text_encoder, encoder.tokenizer
+
+
+def _hf_text_model(encoder: FrozenHFTextEmbedder) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The encoder's own transformers model (MiniLM: a BertModel), copied, and a tokenizer copy, set up so that
+    the diffusers pipelines encode a prompt as `FrozenHFTextEmbedder.encode` does: exactly `max_length` tokens
+    (`model_max_length`, which the pipelines pad and truncate to) and the attention mask passed to the model
+    (`config.use_attention_mask`, which the pipelines read)."""
+    text_encoder = copy.deepcopy(encoder.transformer)
+    text_encoder.config.use_attention_mask = True
+    tokenizer = copy.deepcopy(encoder.tokenizer)
+    tokenizer.model_max_length = encoder.max_length
+    return text_encoder, tokenizer
 
 
 def to_diffusers_pipeline(
@@ -42,12 +70,12 @@ def to_diffusers_pipeline(
 ) -> StableDiffusionInstructPix2PixPipeline | StableDiffusionPipeline:
     """`model` (built from `model_config`, the YAML `model` section) as a diffusers pipeline with `scheduler`:
     StableDiffusionInstructPix2PixPipeline for an editing (hybrid) model, StableDiffusionPipeline for text-to-image.
-    The text encoder must be CLIP (FrozenCLIPEmbedder)."""
+    The text encoder is CLIP (FrozenCLIPEmbedder) or a Hugging Face model (FrozenHFTextEmbedder: MiniLM)."""
     encoder = model.cond_stage_model
-    if not isinstance(encoder, FrozenCLIPEmbedder):
+    if not isinstance(encoder, (FrozenCLIPEmbedder, FrozenHFTextEmbedder)):
         raise ValueError(
-            f"the text encoder is {type(encoder).__name__}, not CLIP: diffusers' Stable Diffusion pipelines "
-            "take a CLIP text model"
+            f"the text encoder is {type(encoder).__name__}: only CLIP (FrozenCLIPEmbedder) and Hugging Face "
+            "encoders (FrozenHFTextEmbedder) can go into a diffusers pipeline"
         )
     ddconfig = model_config["params"]["first_stage_config"]["params"]["ddconfig"]
     if ddconfig["attn_resolutions"]:
@@ -56,6 +84,11 @@ def to_diffusers_pipeline(
     checkpoint = {k: v for k, v in model.state_dict().items() if not k.startswith("model_ema.")}
 
     unet_config = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    unet_params = model_config["params"]["unet_config"]["params"]
+    if unet_config["attention_head_dim"] is None:  # the helper reads num_head_channels for SD2 configs only
+        # diffusers' `attention_head_dim` is the number of heads per level (its legacy name)
+        width, head_width = unet_params["model_channels"], unet_params["num_head_channels"]
+        unet_config["attention_head_dim"] = [width * mult // head_width for mult in unet_params["channel_mult"]]
     with torch.device("meta"):
         unet = UNet2DConditionModel(**unet_config)
     _load_exactly(unet, convert_ldm_unet_checkpoint(checkpoint, unet_config), assign=True)
@@ -69,19 +102,15 @@ def to_diffusers_pipeline(
         vae = AutoencoderKL(**vae_config)
     _load_exactly(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), assign=True)
 
-    text_encoder = CLIPTextModel(encoder.transformer.config)
-    text_state = convert_ldm_clip_checkpoint(checkpoint)  # "text_model.*" keys
-    if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
-        text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
-    result = text_encoder.load_state_dict(text_state, strict=False)
-    assert not result.unexpected_keys and set(result.missing_keys) <= {"text_model.embeddings.position_ids"}
-
+    text_encoder, tokenizer = (
+        _clip_text_model(encoder, checkpoint) if isinstance(encoder, FrozenCLIPEmbedder) else (_hf_text_model(encoder))
+    )
     editing = model.model.conditioning_key == "hybrid"
     pipeline = StableDiffusionInstructPix2PixPipeline if editing else StableDiffusionPipeline
     pipe = pipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
-        tokenizer=encoder.tokenizer,
+        tokenizer=tokenizer,
         unet=unet.eval(),
         scheduler=scheduler,
         safety_checker=None,

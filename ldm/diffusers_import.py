@@ -6,7 +6,9 @@ written by diffusers' `save_pretrained` (what `train_instruct_pix2pix.py` leaves
 (safetensors) and renamed to our keys by `ldm.diffusers_keys` (diffusers' own converters), then
 loaded strictly like any checkpoint: a key the model lacks or a model weight the folder lacks is
 one error naming it. The 12 noise-schedule buffers are computed from the config, after checking
-that the folder's scheduler has the same betas and parameterization.
+that the folder's scheduler has the same betas and parameterization; `scale_factor` is the VAE's
+`scaling_factor`. A text encoder other than CLIP (the OpenMoji models' MiniLM, exported as a
+BertModel) is read under our keys like CLIP's.
 """
 
 from __future__ import annotations
@@ -86,14 +88,14 @@ def check_scheduler(root: Path, model: nn.Module) -> None:
 
 def read_pipeline_folder(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The folder's UNet, VAE and text-encoder weights under our keys, shaped as `model`'s."""
-    from ldm.modules.encoders.modules import FrozenCLIPEmbedder
+    from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenHFTextEmbedder
 
     root = pipeline_root(path)
     if root is None:
         raise CheckpointMismatchError(f"{path}: a folder, but not a diffusers pipeline (no model_index.json or unet/)")
-    if not isinstance(model.cond_stage_model, FrozenCLIPEmbedder):
-        raise CheckpointMismatchError(f"{path}: diffusers pipelines carry a CLIP text encoder; the config builds "
-                                      f"{type(model.cond_stage_model).__name__}")  # fmt: skip
+    if not isinstance(model.cond_stage_model, (FrozenCLIPEmbedder, FrozenHFTextEmbedder)):
+        raise CheckpointMismatchError(f"{path}: diffusers pipelines carry a transformers text encoder; the config "
+                                      f"builds {type(model.cond_stage_model).__name__}")  # fmt: skip
     check_scheduler(root, model)
     own = model.state_dict()
     state: dict[str, torch.Tensor] = {}
@@ -114,6 +116,11 @@ def read_pipeline_folder(path: str | Path, model: nn.Module) -> dict[str, torch.
                                           f"{ours} {tuple(own[ours].shape)}; fix the config")  # fmt: skip
         state[ours] = value.reshape(own[ours].shape)  # the VAE's linear attention weights are our 1x1 convs
         used[component].add(key)
+    vae_config = root / "vae" / "config.json"
+    if "scale_factor" in own and vae_config.is_file():  # a buffer here, the VAE's `scaling_factor` there
+        scaling = json.loads(vae_config.read_text(encoding="utf-8")).get("scaling_factor")
+        if scaling is not None:
+            state["scale_factor"] = torch.tensor(float(scaling), dtype=own["scale_factor"].dtype)
     for component, found in tensors.items():
         extra = sorted(set(found) - used[component] - TOLERATED.get(component, set()))
         if extra:

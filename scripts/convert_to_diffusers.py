@@ -11,9 +11,22 @@ text-to-image one a `StableDiffusionPipeline`: `model_index.json`, unet, vae, te
 tokenizer and scheduler, written by diffusers' and transformers' own `save_pretrained` in
 safetensors. Keys go through diffusers' own single-file converters (`ldm/diffusers_export.py`).
 The checkpoint's EMA weights are used when it has them (`ldm.inference.load_model`). The
-scheduler is Euler ancestral (diffusers' InstructPix2Pix default) on the model's exact betas and
-parameterization. The folder appears complete or not at all. Text encoders other than CLIP
-(the OpenMoji models' MiniLM) are refused for now: the Stable Diffusion pipelines take CLIP.
+scheduler holds the model's exact betas (zero-terminal-SNR schedules included) and
+parameterization; it is Euler when the config's `edit_defaults.sampler` is `euler` (the OpenMoji
+models), else Euler ancestral (diffusers' InstructPix2Pix default and edit_cli's).
+
+The text encoder goes in as the transformers model it is: CLIPTextModel for SD models, BertModel
+for the OpenMoji models' MiniLM (saved with `use_attention_mask: true` in its config and the
+tokenizer's `model_max_length` set to the model's prompt length, so the pipelines encode prompts
+exactly as this project does). `from_pretrained` reads the classes from `model_index.json`, so
+such a folder loads with the line above and nothing else; the reference model, for example:
+
+    python scripts/convert_to_diffusers.py --config configs/openmoji/reference/generate.yaml \
+        --ckpt models/openmoji-64/edit.safetensors --out exported/openmoji-64
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("exported/openmoji-64")
+    pipe("make it red", image=sketch_64px, num_inference_steps=20).images[0]
+
+The folder appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -30,19 +43,20 @@ PROG = "convert_to_diffusers.py"
 
 def convert(args: argparse.Namespace) -> int:
     import torch
-    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
     from ldm.diffusers_export import to_diffusers_pipeline
     from ldm.inference import open_model
     from ldm.io import atomic_folder
 
-    model_config, _ = read_model_config(args.config)
+    model_config, defaults = read_model_config(args.config)
     ckpt = model_weights(args.ckpt, model_config, args.config)
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out}: already exists; give a new folder")
     model = open_model(model_config, ckpt)
-    scheduler = EulerAncestralDiscreteScheduler(
+    scheduler_class = EulerDiscreteScheduler if defaults["sampler"] == "euler" else EulerAncestralDiscreteScheduler
+    scheduler = scheduler_class(
         num_train_timesteps=model.num_timesteps,
         trained_betas=model.betas.double().numpy().tolist(),
         prediction_type="v_prediction" if model.parameterization == "v" else "epsilon",

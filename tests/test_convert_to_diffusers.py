@@ -58,14 +58,61 @@ def test_an_editing_model_round_trips_through_a_pipeline_folder(tmp_path: Path) 
     assert loaded.unet.dtype == torch.float16
 
 
+def test_the_reference_model_edits_alike_through_its_exported_folder(tmp_path: Path) -> None:
+    """The shipped OpenMoji model: MiniLM goes in as a BertModel that the pipeline feeds as
+    FrozenHFTextEmbedder does, and the folder's own scheduler (Euler: the config's default sampler, on the
+    zero-terminal-SNR v-prediction betas) with noise from the same seed gives edit_cli's edit; imported back,
+    the folder gives edit_cli's edit exactly.
+    (bench/reference_via_diffusers.py does this on 10 held-out sketches at 20 steps and scores both.)"""
+    import random
+
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    from dataset_creation.openmoji.examples import HeldOutExamples
+    from ldm.edit_settings import SamplingOptions, read_model_config
+    from ldm.inference import load_editor
+
+    config = ROOT / "configs" / "openmoji" / "reference" / "generate.yaml"
+    result = convert("--config", str(config), "--out", "pipe", cwd=tmp_path)  # --ckpt: the config's ckpt_path
+    assert result.returncode == 0, result.stderr[-3000:]
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.text_encoder).__name__ == "BertModel" and isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+    model_config, _ = read_model_config(config)
+    editor = load_editor(model_config, model_config["params"]["ckpt_path"], device="cpu", precision="fp32")
+    example = HeldOutExamples(64).example(random.Random(1))
+    options = SamplingOptions(steps=6, sampler="euler", cfg_text=7.5, cfg_image=1.5)
+    ours = np.asarray(editor.edit(example.sketch, example.instruction, [3], options)[0], dtype=np.int16)
+    theirs = pipe(example.instruction, image=example.sketch, num_inference_steps=6, guidance_scale=7.5,
+                  image_guidance_scale=1.5, generator=torch.Generator().manual_seed(3)).images[0]  # fmt: skip
+    assert np.abs(ours - np.asarray(theirs)).max() <= 1
+    assert np.abs(ours - np.asarray(example.sketch, dtype=np.int16)).mean() > 5  # an edit, not the input
+    # and back: the folder as --ckpt gives the very same edit (scale_factor comes from the VAE's scaling_factor)
+    imported = load_editor(model_config, tmp_path / "pipe", device="cpu", precision="fp32")
+    again = imported.edit(example.sketch, example.instruction, [3], options)[0]
+    assert np.array_equal(np.asarray(again, dtype=np.int16), ours)
+
+
 def test_mistakes_are_one_line_and_write_nothing(tmp_path: Path) -> None:
-    config = ROOT / "configs" / "openmoji" / "reference" / "generate.yaml"  # MiniLM: not a CLIP text encoder
-    result = convert("--config", str(config), "--out", "pipe", cwd=tmp_path)
-    assert result.returncode == 2 and "not CLIP" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    from helpers import tiny_model_config
+
+    config = tiny_model_config()
+    config["params"]["first_stage_config"]["params"]["ddconfig"]["attn_resolutions"] = [8]  # beyond diffusers'
+    OmegaConf.save({"model": config}, tmp_path / "attn.yaml")
+    from ldm.util import instantiate_from_config
+
+    torch.save(instantiate_from_config(config, "model").state_dict(), tmp_path / "attn.ckpt")
+    result = convert("--config", "attn.yaml", "--ckpt", "attn.ckpt", "--out", "pipe", cwd=tmp_path)
+    assert result.returncode == 2 and "attn_resolutions" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("convert_to_diffusers.py: error: --config attn.yaml")
     (tmp_path / "taken").mkdir()
-    result = convert("--config", str(config), "--out", "taken", cwd=tmp_path)
+    result = convert("--config", "attn.yaml", "--ckpt", "attn.ckpt", "--out", "taken", cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attn.ckpt", "attn.yaml", "taken"]
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import io
 import json
 import multiprocessing
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,11 @@ def _record_is_complete(record: Any, out: Path, split: str, settings: BuildSetti
     )
 
 
+def color_image(root: ET.Element, mapping: dict[str, str], size: int) -> np.ndarray:
+    """The emoji in color, its fills remapped by `mapping` (empty: OpenMoji's own colors), (size, size, 3)."""
+    return render(recolor(root, mapping) if mapping else root, size)
+
+
 def process_emoji(task: tuple[str, str, BuildSettings]) -> dict[str, Any]:
     """Render and write the pairs of one emoji (skipping done ones); returns its record.
 
@@ -193,7 +199,7 @@ def process_emoji(task: tuple[str, str, BuildSettings]) -> dict[str, Any]:
     def png_of(mapping: dict[str, str] | None) -> bytes:
         key = "sketch" if mapping is None else json.dumps(mapping, sort_keys=True)
         if key not in png_cache:
-            image = sketch if mapping is None else render(recolor(root, mapping) if mapping else root, settings.size)
+            image = sketch if mapping is None else color_image(root, mapping, settings.size)
             png_cache[key] = _png_bytes(image)
         return png_cache[key]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dataset_creation.openmoji.build import splits_of
+from dataset_creation.openmoji.build import color_image, splits_of
 from dataset_creation.openmoji.naming import subject_name
 from dataset_creation.openmoji.plan import SKETCH_KINDS, plan_pairs, remappable, sketch_is_visible
 from dataset_creation.openmoji.source import list_emojis, openmoji_svg_dir
@@ -29,6 +29,7 @@ class Example:
     subject: str  # its name, e.g. "dragon"
     sketch: Image.Image  # RGB, size x size, black line art on white
     instruction: str
+    target: Image.Image  # RGB, size x size: the ground truth the dataset pairs the instruction with
 
 
 class HeldOutExamples:
@@ -60,5 +61,6 @@ class HeldOutExamples:
             if not sketch_is_visible(sketch):
                 continue
             plan = rng.choice(plan_pairs(code, areas, SKETCH_KINDS, variants=2))
-            return Example(code, subject_name(code), Image.fromarray(sketch), plan.edit)
+            target = Image.fromarray(color_image(root, plan.output_mapping, self.size))
+            return Example(code, subject_name(code), Image.fromarray(sketch), plan.edit, target)
         raise LookupError(f"no {self.split} emoji of {self.svg_dir} has a visible sketch and fill colors")
