@@ -108,3 +108,63 @@ def test_convert_from_diffusers_writes_an_original_layout_checkpoint(folder, tmp
     assert from_file.keys() == from_folder.keys()
     assert all(torch.equal(from_file[k], from_folder[k]) for k in from_file)
     assert "betas" in load_file(str(out))  # schedule buffers included, for tools that need them
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident set since the last `_reset_peak_rss` (Linux: VmHWM)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 2**20  # kB
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := the current resident set
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures memory through Linux's /proc")
+def test_an_sd15_shaped_editing_model_round_trips_bit_identical(tmp_path: Path) -> None:
+    """configs/generate.yaml at full size (8-channel SD1.5 UNet, VAE, CLIP ViT-L/14 text tower) with random
+    weights: exported as a pipeline folder with diffusers' save_pretrained and read back by the import
+    (what --ckpt <folder> loads), every weight comes back bit for bit under its own key. Prints the
+    seconds and the peak resident memory above the model itself of each step."""
+    import time
+
+    from diffusers import EulerDiscreteScheduler
+    from helpers import SD_EULER
+
+    from ldm.diffusers_export import to_diffusers_pipeline
+    from ldm.diffusers_import import read_pipeline_folder
+    from ldm.edit_settings import read_model_config
+    from ldm.util import instantiate_from_config
+
+    model_config, _ = read_model_config(ROOT / "configs" / "generate.yaml")
+    model_config["params"] = {**model_config["params"], "use_ema": False, "ckpt_path": None}
+    torch.manual_seed(0)
+    model = instantiate_from_config(model_config, "model").eval()
+    with torch.no_grad():
+        for p in model.parameters():  # the zero-initialised output layers get values too
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    state = model.state_dict()
+    seconds, peak = {}, {}
+    for way in ("export", "import", "compare"):
+        _reset_peak_rss()
+        base = _peak_rss_gib()
+        start = time.perf_counter()
+        if way == "export":
+            to_diffusers_pipeline(model, model_config, EulerDiscreteScheduler(**SD_EULER)).save_pretrained(
+                tmp_path / "pipe", safe_serialization=True
+            )
+        elif way == "import":
+            back = read_pipeline_folder(tmp_path / "pipe", model)  # memory-mapped: read when first used
+        else:
+            different = [k for k in back if not (back[k].dtype == state[k].dtype and torch.equal(back[k], state[k]))]
+        seconds[way], peak[way] = time.perf_counter() - start, _peak_rss_gib() - base
+    weights = {k for k in state if k.startswith(("model.diffusion_model.", "first_stage_model.",
+                                                 "cond_stage_model."))}  # fmt: skip
+    assert sorted(set(back) ^ (weights | ({"scale_factor"} & set(state)))) == []  # a buffer where scale_by_std
+    assert not different, f"{len(different)} tensors differ, the first {different[0]}"
+    size = sum(state[k].numel() * state[k].element_size() for k in weights) / 2**30
+    print(f"{len(weights)} tensors, {size:.2f} GiB: export {seconds['export']:.0f} s (+{peak['export']:.1f} GiB "
+          f"peak), import {seconds['import']:.1f} s, then reading and comparing every tensor "
+          f"{seconds['compare']:.0f} s (+{peak['compare']:.1f} GiB peak)")  # fmt: skip
