@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "openmoji-64"
 REGRESSION = json.loads((MODEL / "regression.json").read_text())
 TOLERANCE = 0.02
+# The test split is computed over the whole set (`build.splits_of`), so a build of the first emojis in
+# code-point order holds the same first test pairs: the 12 of each kind lie in the first 461 emojis of
+# OpenMoji 17.0.0 (an eighth of the set; the test checks the counts).
+LIMIT = 500
 
 pytest.importorskip("resvg_py")
 
@@ -40,7 +44,8 @@ def test_weights_are_the_card_s_and_the_text_encoder_is_the_package_s():
 @pytest.mark.slow
 def test_reference_model_reproduces_its_figures(tmp_path):
     data = tmp_path / "data"
-    build = [sys.executable, "-m", "dataset_creation.openmoji", "--out", str(data), "--size", "64"]
+    build = [sys.executable, "-m", "dataset_creation.openmoji", "--out", str(data), "--size", "64",
+             "--limit", str(LIMIT)]  # fmt: skip
     subprocess.run(build, check=True, capture_output=True, timeout=900)
     args = REGRESSION["command"]
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_openmoji.py"), *args,
