@@ -9,6 +9,7 @@ where the config has data, one loss on the first items of a batch it loads.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
     return rewrite(OmegaConf.to_container(OmegaConf.load(path), resolve=True), False)
 
 
-def build_model(config: dict[str, Any]):
+def build_model(config: dict[str, Any], device: str | None = None):
+    """The config's model; on `device` "meta" its shapes only (no memory, no random init: seconds, not tens)."""
     model_cfg = dict(config["model"])
     model_cfg.pop("base_learning_rate", None)
-    return instantiate_from_config(model_cfg, "model")
+    with torch.device(device) if device else contextlib.nullcontext():
+        return instantiate_from_config(model_cfg, "model")
 
 
 def check_lightning_section(config: dict[str, Any]) -> None:
@@ -143,7 +146,7 @@ def test_cached_config_differs_from_its_image_config_only_in_the_train_dataset()
 @pytest.mark.parametrize("path", SD_FAMILY, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_sd_family_config_instantiates_full_size(path):
     config = load(path)
-    model = build_model(config)
+    model = build_model(config, "meta")
     in_channels = config["model"]["params"]["unet_config"]["params"]["in_channels"]
     unet = count_params(model.model.diffusion_model)
     print(f"{path.name}: UNet {unet:,} ({in_channels} in-channels), VAE {count_params(model.first_stage_model):,}, "

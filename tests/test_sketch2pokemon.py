@@ -348,7 +348,7 @@ def test_configs_instantiate_at_full_size(path, built):
 
     out, _ = built
     config = load(path)
-    model = build_model(config)
+    model = build_model(config, "meta")
     assert count_params(model.model.diffusion_model) == SD15_UNET_4CH + 4 * 320 * 9  # 8 input channels
     assert count_params(model.first_stage_model) == 83_653_863
     assert count_params(model.cond_stage_model) == 123_060_480
