@@ -277,10 +277,6 @@ def build_logger(
 
 
 def run(opt: argparse.Namespace, overrides: list[str]) -> None:
-    import pytorch_lightning as pl
-
-    from ldm.callbacks import AtomicCheckpointIO
-    from ldm.io import write_text_atomic
     from ldm.util import check_params, instantiate_from_config, load_config_files
 
     check_logger(opt.logger)
@@ -288,6 +284,11 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
     config = load_config_files(saved + list(opt.base), overrides)
     if not opt.base and not saved:
         raise UsageError("no config given; pass --base configs/<file>.yaml")
+    import pytorch_lightning as pl  # after the cheap checks: a mistake is reported in a second, not ten
+
+    from ldm.callbacks import AtomicCheckpointIO
+    from ldm.io import write_text_atomic
+
     pl.seed_everything(opt.seed, workers=True)
 
     trainer_cfg = trainer_kwargs(opt, config)

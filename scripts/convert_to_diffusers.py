@@ -42,6 +42,11 @@ PROG = "convert_to_diffusers.py"
 
 
 def convert(args: argparse.Namespace) -> int:
+    model_config, defaults = read_model_config(args.config)  # mistakes first, before the slow imports
+    ckpt = model_weights(args.ckpt, model_config, args.config)
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"--out {out}: already exists; give a new folder")
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
@@ -49,11 +54,6 @@ def convert(args: argparse.Namespace) -> int:
     from ldm.inference import open_model
     from ldm.io import atomic_folder
 
-    model_config, defaults = read_model_config(args.config)
-    ckpt = model_weights(args.ckpt, model_config, args.config)
-    out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"--out {out}: already exists; give a new folder")
     model = open_model(model_config, ckpt)
     scheduler_class = EulerDiscreteScheduler if defaults["sampler"] == "euler" else EulerAncestralDiscreteScheduler
     scheduler = scheduler_class(

@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Edit the chosen pairs, score them, write `--out`; 0 when done."""
+    existing_file("--pairs", args.pairs)
+    existing_file("--ckpt", args.ckpt)
+    config, _ = read_model_config(args.config)
     from ldm.data.images import to_signed_tensor
     from ldm.image_io import keep_lines, load_image, save_image_atomic
     from ldm.inference import load_model, to_image
     from metrics import colorization as cm
 
-    existing_file("--pairs", args.pairs)
-    existing_file("--ckpt", args.ckpt)
-    config, _ = read_model_config(args.config)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
