@@ -37,9 +37,11 @@ CONFIGS = {
 DEFAULT_REPEATS = {"demo": 20, "sd15": 2}
 
 
-def build_model(path: Path, device: torch.device) -> torch.nn.Module:
+def build_model(path: Path, device: torch.device, **params: object) -> torch.nn.Module:
+    """The config's model with random weights (`params` override its model.params), in train mode."""
     cfg = OmegaConf.to_container(OmegaConf.load(path).model, resolve=True)
     cfg.pop("base_learning_rate", None)
+    cfg["params"].update(params)
     cfg["params"].pop("ckpt_path", None)
     cfg["params"]["first_stage_config"]["params"].pop("ckpt_path", None)
     torch.manual_seed(0)
@@ -71,8 +73,9 @@ def batches(model: torch.nn.Module, batch: int, side: int, device: torch.device)
     return online, cached
 
 
-def median_seconds(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    step()  # warm-up
+def median_seconds(step: Callable[[], None], repeats: int, device: torch.device, warmup: bool = True) -> float:
+    if warmup:
+        step()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":

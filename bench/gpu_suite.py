@@ -120,6 +120,17 @@ TRAIN_ROWS = (
     TrainSpec("SDPA math", "cached", switch="sdpa_math"),
 )
 COMPILE_ROW = TrainSpec("torch.compile UNet", "cached", switch="compile")
+# each switch row's `model.params.throughput` settings
+SWITCH_SETTINGS = {
+    "channels_last": {"channels_last": True},
+    "fused_adamw": {"fused_adamw": True},
+    "adamw_8bit": {"adam_8bit": True},
+    "sdpa_flash": {"sdpa_backend": "flash"},
+    "sdpa_efficient": {"sdpa_backend": "efficient"},
+    "sdpa_cudnn": {"sdpa_backend": "cudnn"},
+    "sdpa_math": {"sdpa_backend": "math"},
+    "compile": {"compile_unet": True},
+}
 NOT_IMPLEMENTED = {
     "FSDP SHARD_GRAD_OP": "needs the trainer's strategy switch (issue 19 item 2); "
     "one process here has no process group to shard over",
@@ -309,48 +320,24 @@ class Suite:
 
     @contextlib.contextmanager
     def switch(self, name: str | None) -> Iterator[Callable]:
-        """Apply the throughput switch `name` around a row; yields the optimizer factory to use."""
+        """Apply the throughput switch `name` (ldm.modules.throughput, as `model.params.throughput` would)
+        around a row; yields the optimizer factory to use."""
         import torch
 
-        def adamw(params):
-            return torch.optim.AdamW(params, lr=LEARNING_RATE)
+        from ldm.modules.throughput import ThroughputSettings
 
+        settings = ThroughputSettings(**SWITCH_SETTINGS[name]) if name else ThroughputSettings()
         unet = self.model.model.diffusion_model
-        if name is None:
-            yield adamw
-        elif name == "channels_last":
-            unet.to(memory_format=torch.channels_last)
-            try:
-                yield adamw
-            finally:
+        # inductor on CUDA; the CPU smoke run only checks that dynamo traces the step (backend "eager")
+        settings.apply(unet, compile_backend="inductor" if self.device.type == "cuda" else "eager")
+        try:
+            with settings.attention():
+                yield lambda params: settings.optimizer(params, LEARNING_RATE, self.device, f"switch {name}")
+        finally:
+            if settings.channels_last:
                 unet.to(memory_format=torch.contiguous_format)
-        elif name == "fused_adamw":
-            yield lambda params: torch.optim.AdamW(params, lr=LEARNING_RATE, fused=True)
-        elif name == "adamw_8bit":
-            import bitsandbytes
-
-            yield lambda params: bitsandbytes.optim.AdamW8bit(params, lr=LEARNING_RATE)
-        elif name.startswith("sdpa_"):
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            backend = {
-                "sdpa_flash": SDPBackend.FLASH_ATTENTION,
-                "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
-                "sdpa_math": SDPBackend.MATH,
-            }[name]
-            with sdpa_kernel(backend):
-                yield adamw
-        elif name == "compile":
-            # inductor on CUDA; the CPU smoke run only checks that dynamo traces the step (backend "eager")
-            backend = "inductor" if self.device.type == "cuda" else "eager"
-            unet.forward = torch.compile(unet.forward, backend=backend)  # instance attribute shadows the method
-            try:
-                yield adamw
-            finally:
-                del unet.forward
-        else:
-            raise KeyError(name)
+            if settings.compile_unet:
+                del unet.forward  # the instance attribute shadowed the class's method
 
     def train_row(self, spec: TrainSpec) -> Row:
         import torch

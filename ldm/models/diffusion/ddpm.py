@@ -26,6 +26,7 @@ from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.modules.lora import LoraSettings, add_adapters, file_sha256
+from ldm.modules.throughput import ThroughputSettings
 from ldm.util import ConfigError, config_path, instantiate_from_config
 
 Cond = dict[str, list[torch.Tensor]]
@@ -96,6 +97,9 @@ class LatentDiffusion(pl.LightningModule):
     exactly those, and checkpoints hold only them plus `checkpoint["lora"]` (settings, base path and
     sha256); resuming fills the frozen weights in from `ckpt_path` after checking its sha256.
     With `load_ema` the base weights are the checkpoint's EMA weights.
+
+    `throughput` (`ldm.modules.throughput.ThroughputSettings`: channels_last, compile_unet,
+    sdpa_backend, fused_adamw, adam_8bit) switches speed-ups on; none changes a checkpoint.
     """
 
     def __init__(
@@ -129,8 +133,10 @@ class LatentDiffusion(pl.LightningModule):
         scheduler_config: Mapping[str, Any] | None = None,
         learning_rate: float = 1e-4,
         lora_config: Mapping[str, Any] | None = None,
+        throughput: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.throughput = ThroughputSettings.from_config(throughput, config_path("throughput"))
         self.lora = None if lora_config is None else LoraSettings.from_config(lora_config, config_path("lora_config"))
         if self.lora is not None and ckpt_path is None:
             raise ConfigError(
@@ -185,6 +191,7 @@ class LatentDiffusion(pl.LightningModule):
             self.lora_base = {"path": str(ckpt_path)}  # + "sha256", computed when first needed
         if use_ema and (not load_ema or self.lora is not None):
             self.model_ema = LitEma(self.model, decay=ema_decay)
+        self.throughput.apply(self.model.diffusion_model)
 
     @staticmethod
     def _frozen(module: nn.Module) -> nn.Module:
@@ -304,7 +311,8 @@ class LatentDiffusion(pl.LightningModule):
         log.info("scale_by_std: scale_factor = %.5f", self.scale_factor.item())
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.shared_step(batch)
+        with self.throughput.attention():
+            loss = self.shared_step(batch)
         batch_size = batch_size_of(batch, self.first_stage_key)
         self.log("train/loss_simple", loss, prog_bar=True, batch_size=batch_size)
         self.log("lr_abs", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
@@ -397,7 +405,9 @@ class LatentDiffusion(pl.LightningModule):
         return params
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+        optimizer = self.throughput.optimizer(
+            self.trainable_parameters(), self.learning_rate, self.device, "model.params.throughput"
+        )
         if self.scheduler_config is None:
             return optimizer
         multiplier = instantiate_from_config(self.scheduler_config, "scheduler_config")
