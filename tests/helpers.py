@@ -59,7 +59,8 @@ def run_main(args: list[str], cwd: Path, timeout: float = 600, **popen) -> subpr
 
 
 class DumpWeights(pl.Callback):
-    """At the end of training each rank saves its model state dict to <out_dir>/rank<r>.pt."""
+    """At the end of training each rank saves its model state dict to <out_dir>/rank<r>.pt, and the world
+    size it trained in to <out_dir>/rank<r>.world."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -68,6 +69,7 @@ class DumpWeights(pl.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
+        (self.out_dir / f"rank{trainer.global_rank}.world").write_text(str(trainer.world_size))
 
 
 def tiny_model_config(**params) -> dict:
