@@ -375,3 +375,25 @@ def test_a_killed_lora_run_resumes_exactly_and_its_checkpoint_is_small(files, tm
     moved = run_main(["--resume", str(tmp_path / "straight"), "--train", "--max_steps", "12",
                       f"model.params.ckpt_path={other}"], cwd=tmp_path)  # fmt: skip
     assert moved.returncode != 0 and "sha256" in moved.stderr, moved.stderr[-2000:]
+
+
+def test_lora_trains_under_two_process_ddp(files, tmp_path) -> None:
+    """DDP (gloo, 2 CPU processes) with adapters: one world of 2, both ranks end with the same weights, the
+    frozen base weights are the base checkpoint's, bit for bit, and the adapters moved."""
+    dataset, dump = make_edit_dataset(tmp_path / "edits", n=16), tmp_path / "dump"
+    run = run_main(["--base", str(TINY_CONFIG), "--train", "--name", "ddp", "--logdir", str(tmp_path), "--max_steps",
+                    "3", "--accelerator", "cpu", "--devices", "2", "--logger", "csv",
+                    f"data.params.train.params.path={dataset}", "data.params.num_workers=0",
+                    "model.params.lora_config.rank=4", f"model.params.ckpt_path={files['base']}",
+                    "lightning.callbacks.dump.target=helpers.DumpWeights",
+                    f"lightning.callbacks.dump.params.out_dir={dump}"], cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [(dump / f"rank{r}.world").read_text() for r in (0, 1)] == ["2", "2"]
+    rank0, rank1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    base = BASE.state_dict()
+    adapters = [k for k in rank0 if ".lora_" in k and not k.startswith("model_ema.")]
+    assert adapters and any(k.endswith("lora_B.default.weight") and rank0[k].any() for k in adapters)  # trained
+    frozen = [k for k in rank0 if ".lora_" not in k and k.startswith("model.diffusion_model.")]
+    for key in frozen:  # peft wraps a target layer as `<layer>.base_layer`: its weight is the base's
+        assert torch.equal(rank0[key], base[key.replace(".base_layer.", ".")]), key
