@@ -307,14 +307,20 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> None:
 
     every = opt.checkpoint_every or config.get("lightning", {}).get("checkpoint_every", 5000)
     trainer_cfg.setdefault("max_steps", -1)
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        logger=build_logger(opt.logger, run_dir, run_dir.name, resume_step, resume_row),
-        callbacks=build_callbacks(config, run_dir, every),
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)
-        **trainer_cfg,
-    )
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = pl.Trainer(
+            default_root_dir=str(run_dir),
+            logger=build_logger(opt.logger, run_dir, run_dir.name, resume_step, resume_row),
+            callbacks=build_callbacks(config, run_dir, every),
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # the data module shards by rank itself (exact resume)
+            **trainer_cfg,
+        )
+    except (ValueError, MisconfigurationException) as err:  # e.g. --strategy fsdp with --accelerator cpu
+        message = " ".join(str(err).split())
+        raise UsageError(f"the trainer settings (lightning.trainer and the flags): {message}") from err
     os.environ[RUN_DIR_ENV] = str(run_dir)
     os.environ[RESUME_ENV] = str(resume_ckpt or "")
     if trainer.is_global_zero:

@@ -166,6 +166,7 @@ def test_released_checkpoint_given_to_resume_fine_tunes(dataset, tmp_path):
         (["model.params.unet_config.params.num_heds=4"], "model.params.unet_config.params.num_heds"),
         (["--resume", "/nonexistent/run"], "--resume /nonexistent/run does not exist"),
         (["--base", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["--strategy", "fsdp", "--accelerator", "cpu"], "the trainer settings (lightning.trainer and the flags)"),
     ],
 )
 def test_bad_input_is_one_clear_line(dataset, tmp_path, extra, message):
