@@ -135,3 +135,61 @@ def test_the_exported_autoencoder_keeps_its_group_norm_groups_and_scale_factor()
     ours, theirs = model.first_stage_model.decode(z), vae.decode(z).sample  # (1, 3, 16, 16) each
     assert ours.std() > 0.01
     assert (ours - theirs).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_exported_folders_edit_and_generate_as_this_project_does(tmp_path: Path) -> None:
+    """Acceptance of the export: a tiny random editing model through StableDiffusionInstructPix2PixPipeline
+    and a tiny text-to-image model through StableDiffusionPipeline, each loaded with from_pretrained from the
+    folder the script writes, give our images within 1/255 with a fixed seed and deterministic Euler steps
+    (the folder's scheduler on our sigmas and UNet timesteps: helpers.pinned_euler)."""
+    import numpy as np
+    from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+    from helpers import pinned_euler
+    from PIL import Image
+    from test_prompt2prompt import save_tiny_txt2img
+
+    from ldm.edit_settings import SamplingOptions, read_model_config
+    from ldm.inference import ImageEditor, load_model, to_image
+    from ldm.models.diffusion.sampling import CFGDenoiser, get_sigmas, sample
+
+    steps, seed, prompt = 4, 3, "make it red"
+    torch.save({"state_dict": tiny_model().state_dict()}, tmp_path / "edit.ckpt")
+    OmegaConf.save({"model": OmegaConf.load(TINY_CONFIG).model}, tmp_path / "edit.yaml")
+    txt2img_config, txt2img_ckpt = save_tiny_txt2img(tmp_path)
+    for config, ckpt, out in (("edit.yaml", "edit.ckpt", "edit"), (txt2img_config, txt2img_ckpt, "txt2img")):
+        result = convert("--config", str(config), "--ckpt", str(ckpt), "--out", out, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def pinned(editor: ImageEditor):
+        sigmas = get_sigmas(editor.denoiser, steps)  # (steps + 1,)
+        return sigmas, pinned_euler(sigmas, editor.denoiser.sigma_to_t(sigmas[:-1]))
+
+    # editing: edit_cli's editor against the InstructPix2Pix pipeline
+    editor = ImageEditor(load_model(read_model_config(tmp_path / "edit.yaml")[0], tmp_path / "edit.ckpt"),
+                         torch.device("cpu"))  # fmt: skip
+    image = Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy())
+    options = SamplingOptions(steps=steps, sampler="euler", cfg_text=7.5, cfg_image=1.5)
+    ours = np.asarray(editor.edit(image, prompt, [seed], options)[0], dtype=np.int16)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "edit", safety_checker=None)
+    pipe.scheduler = pinned(editor)[1]
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt, image=image, num_inference_steps=steps, guidance_scale=7.5, image_guidance_scale=1.5,
+                  generator=torch.Generator().manual_seed(seed)).images[0]  # fmt: skip
+    assert ours.std() > 5 and np.abs(ours - np.asarray(theirs)).max() <= 1
+
+    # text to image: two-way guidance with our sampler against StableDiffusionPipeline
+    model = load_model(read_model_config(txt2img_config)[0], txt2img_ckpt)
+    generator = ImageEditor(model, torch.device("cpu"))
+    sigmas, scheduler = pinned(generator)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))  # (1, C, h, w)
+    cond, uncond = model.get_learned_conditioning([prompt]), model.get_learned_conditioning([""])
+    z = sample(CFGDenoiser(generator.denoiser), noise * sigmas[0], sigmas, "euler",
+               extra_args={"cond": cond, "uncond": uncond, "cfg_scale": 7.5})  # fmt: skip
+    ours = np.asarray(to_image(model.decode_first_stage(z)[0]), dtype=np.int16)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "txt2img", safety_checker=None)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt, height=32, width=32, num_inference_steps=steps, guidance_scale=7.5,
+                  generator=torch.Generator().manual_seed(seed)).images[0]  # fmt: skip
+    assert ours.std() > 5 and np.abs(ours - np.asarray(theirs)).max() <= 1
