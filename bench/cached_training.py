@@ -73,19 +73,35 @@ def batches(model: torch.nn.Module, batch: int, side: int, device: torch.device)
     return online, cached
 
 
-def median_seconds(step: Callable[[], None], repeats: int, device: torch.device, warmup: bool = True) -> float:
-    if warmup:
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds_of(step: Callable[[], None], device: torch.device) -> float:
+    """Wall seconds of one call of `step` (CUDA work included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median_seconds(step: Callable[[], None], repeats: int, device: torch.device) -> float:
+    step()  # warm-up
+    return statistics.median(seconds_of(step, device) for _ in range(repeats))
+
+
+def training_step(model: torch.nn.Module, data: dict, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """One step as main.py trains: the loss under the model's SDPA setting, backward, optimizer, EMA."""
+
+    def run() -> None:
+        with model.throughput.attention():
+            loss = model.shared_step(data)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if model.use_ema:
+            model.model_ema(model.model)
+
+    return run
 
 
 def bench(size: str, repeats: int, device: torch.device) -> tuple:
@@ -93,20 +109,8 @@ def bench(size: str, repeats: int, device: torch.device) -> tuple:
     model = build_model(path, device)
     online, cached = batches(model, batch, side, device)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
-
-    def step(data: dict) -> Callable[[], None]:
-        def run() -> None:
-            loss = model.shared_step(data)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if model.use_ema:
-                model.model_ema(model.model)
-
-        return run
-
-    online_s = median_seconds(step(online), repeats, device)
-    cached_s = median_seconds(step(cached), repeats, device)
+    online_s = median_seconds(training_step(model, online, optimizer), repeats, device)
+    cached_s = median_seconds(training_step(model, cached, optimizer), repeats, device)
     return size, batch, side, batch / online_s, batch / cached_s, online_s / cached_s
 
 

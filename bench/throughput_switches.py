@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from cached_training import CONFIGS, batches, build_model, median_seconds
+from cached_training import CONFIGS, batches, build_model, seconds_of, training_step
 
 SWITCHES = {
     "default": {},
@@ -29,24 +29,14 @@ SWITCHES = {
 }
 
 
-def training_step(switch: dict, device: torch.device) -> Callable[[], None]:
-    """One training step of the demo model built with `switch` as its throughput settings."""
+def switched_step(switch: dict, device: torch.device) -> Callable[[], None]:
+    """One training step of the demo model built with `switch` as its throughput settings, with the
+    optimizer its `configure_optimizers` builds."""
     path, batch, side = CONFIGS["demo"]
     model = build_model(path, device, throughput=switch)
     online, _ = batches(model, batch, side, device)
     optimizer = model.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-
-    def step() -> None:
-        with model.throughput.attention():
-            loss = model.shared_step(online)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if model.use_ema:
-            model.model_ema(model.model)
-
-    return step
+    return training_step(model, online, optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer)
 
 
 def interleaved_seconds(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict:
@@ -57,7 +47,7 @@ def interleaved_seconds(steps: dict[str, Callable[[], None]], repeats: int, devi
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            times[name].append(median_seconds(step, 1, device, warmup=False))
+            times[name].append(seconds_of(step, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -71,7 +61,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    steps = {name: training_step(switch, device) for name, switch in SWITCHES.items()
+    steps = {name: switched_step(switch, device) for name, switch in SWITCHES.items()
              if not (name == "compile_unet" and args.no_compile)}  # fmt: skip
     batch = CONFIGS["demo"][1]
     rows = {name: batch / seconds for name, seconds in interleaved_seconds(steps, args.repeats, device).items()}

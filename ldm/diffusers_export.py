@@ -102,9 +102,10 @@ def to_diffusers_pipeline(
         vae = AutoencoderKL(**vae_config)
     _load_exactly(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), assign=True)
 
-    text_encoder, tokenizer = (
-        _clip_text_model(encoder, checkpoint) if isinstance(encoder, FrozenCLIPEmbedder) else (_hf_text_model(encoder))
-    )
+    if isinstance(encoder, FrozenCLIPEmbedder):
+        text_encoder, tokenizer = _clip_text_model(encoder, checkpoint)
+    else:
+        text_encoder, tokenizer = _hf_text_model(encoder)
     editing = model.model.conditioning_key == "hybrid"
     pipeline = StableDiffusionInstructPix2PixPipeline if editing else StableDiffusionPipeline
     pipe = pipeline(

@@ -9,6 +9,7 @@ reported as one `ConfigError` naming the config path and the class, so a typo su
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -109,6 +110,23 @@ def check_params(cls: Any, params: Mapping[str, Any], config_path: str) -> None:
     missing = [n for n, p in named.items() if p.default is inspect.Parameter.empty and n not in params]
     if missing:
         raise ConfigError(f"{config_path}.params.{missing[0]}: required by {qualname} but not set")
+
+
+def settings_section(cls: Any, config: Any, path: str, flags: Sequence[str] = ()) -> dict[str, Any]:
+    """`config` (the config section at `path`) as a dict of the settings dataclass `cls`'s fields; a
+    ConfigError names `path` when it is not a mapping, and `path.<key>` for a key `cls` lacks or one of
+    `flags` that is not true or false."""
+    names = [field.name for field in dataclasses.fields(cls)]
+    section = path.rsplit(".", 1)[-1]
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{path}: expected a mapping ({', '.join(names)}), got {config!r}")
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key ({section} takes: {', '.join(names)})")
+    for flag in flags:
+        if not isinstance(config.get(flag, False), bool):
+            raise ConfigError(f"{path}.{flag}: must be true or false, got {config[flag]!r}")
+    return dict(config)
 
 
 def config_path(name: str) -> str:

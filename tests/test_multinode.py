@@ -6,7 +6,6 @@ share theirs) must write one run directory."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,10 @@ import pytest
 import torch
 from helpers import ROOT, TINY_CONFIG, make_edit_dataset
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from app_screenshot import free_port  # noqa: E402 (scripts/ is not a package)
+
 STEPS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from ldm.errors import CheckpointMismatchError, ConfigError
+from ldm.util import settings_section
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
@@ -95,13 +96,7 @@ class LoraSettings:
     @classmethod
     def from_config(cls, config: Any, path: str) -> LoraSettings:
         """Validated settings; a ConfigError names `path.<key>` for an unknown key or a bad value."""
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"{path}: expected a mapping (rank, alpha, dropout, targets, ...), got {config!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(config) - set(names))
-        if unknown:
-            raise ConfigError(f"{path}.{unknown[0]}: unknown key (lora_config takes: {', '.join(names)})")
-        values = dict(config)
+        values = settings_section(cls, config, path, flags=("feed_forward", "train_conv_in"))
         rank = values.get("rank", cls.rank)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ConfigError(f"{path}.rank: must be an integer >= 1, got {rank!r}")
@@ -111,9 +106,6 @@ class LoraSettings:
         dropout = values.get("dropout", cls.dropout)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"{path}.dropout: must be a number in [0, 1), got {dropout!r}")
-        for flag in ("feed_forward", "train_conv_in"):
-            if not isinstance(values.get(flag, False), bool):
-                raise ConfigError(f"{path}.{flag}: must be true or false, got {values[flag]!r}")
         lists = {}
         for key in ("targets", "text_encoder_targets"):
             value = values.get(key, getattr(cls, key))

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ldm.util import ConfigError
+from ldm.util import ConfigError, settings_section
 
 SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
 
@@ -41,21 +41,14 @@ class ThroughputSettings:
         """Validated settings; a ConfigError names `path.<key>` for an unknown key or a bad value."""
         if config is None:
             return cls()
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"{path}: expected a mapping (channels_last, compile_unet, ...), got {config!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(config) - set(names))
-        if unknown:
-            raise ConfigError(f"{path}.{unknown[0]}: unknown key (throughput takes: {', '.join(names)})")
-        for flag in ("channels_last", "compile_unet", "fused_adamw", "adam_8bit"):
-            if not isinstance(config.get(flag, False), bool):
-                raise ConfigError(f"{path}.{flag}: must be true or false, got {config[flag]!r}")
+        flags = ("channels_last", "compile_unet", "fused_adamw", "adam_8bit")
+        config = settings_section(cls, config, path, flags=flags)
         backend = config.get("sdpa_backend")
         if backend is not None and backend not in SDPA_BACKENDS:
             raise ConfigError(f"{path}.sdpa_backend: {backend!r} is not null or one of {', '.join(SDPA_BACKENDS)}")
         if config.get("fused_adamw") and config.get("adam_8bit"):
             raise ConfigError(f"{path}: fused_adamw and adam_8bit are two optimizers; choose one")
-        return cls(**dict(config))
+        return cls(**config)
 
     def apply(self, unet: nn.Module, compile_backend: str = "inductor") -> None:
         """Memory format and compilation of the UNet (in place; the module and its parameters stay)."""
