@@ -5,7 +5,8 @@ paths are checked when the module is built, so a typo or a missing folder fails 
 trainer work; the datasets themselves are built in `setup`, after the DDP launch, so each
 rank builds its own.
 
-Exact resume. Every loader samples with `ResumableSampler`: its order is a function of
+Exact resume. Every loader samples with `ResumableSampler` (streaming shards, `ldm.data.shards`, with
+`ShardSampler`, which has the same interface and properties): its order is a function of
 (`seed`, epoch), it shards by `trainer.global_rank` / `trainer.world_size` itself, and it
 hands each sample a seed for the dataset's augmentation, so no data loading draws from the
 global RNG the model uses (each DataLoader also gets a private generator for its workers'
@@ -43,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ldm.data.sampler import ResumableSampler
+from ldm.data.shards import ShardDataset, ShardSampler
 from ldm.util import ConfigError, check_params, config_path, get_obj_from_str, instantiate_from_config
 
 # Dataset configs each Trainer stage needs.
@@ -171,9 +173,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
     def _train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
         rank, world_size = self.rank_and_world_size()
-        sampler = ResumableSampler(
-            len(dataset), self.seed, shuffle=True, drop_last=True, rank=rank, world_size=world_size
-        )
+        sampler = self._sampler(dataset, shuffle=True, drop_last=True)
         batches_per_epoch = len(sampler) // self.batch_size
         if batches_per_epoch == 0:
             raise ValueError(
@@ -201,13 +201,25 @@ class DataModuleFromConfig(pl.LightningDataModule):
         return self._eval_loader(self.dataset("test"), shuffle=False)
 
     def _eval_loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        rank, world_size = self.rank_and_world_size()
-        sampler = ResumableSampler(
-            len(dataset), self.seed, shuffle=shuffle, drop_last=False, rank=rank, world_size=world_size
-        )
-        return self._loader(dataset, sampler, drop_last=False, rank=rank)
+        sampler = self._sampler(dataset, shuffle=shuffle, drop_last=False)
+        return self._loader(dataset, sampler, drop_last=False, rank=sampler.rank)
 
-    def _loader(self, dataset: Dataset, sampler: ResumableSampler, drop_last: bool, rank: int) -> DataLoader:
+    def _sampler(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> ResumableSampler | ShardSampler:
+        """This rank's sampler: `ShardSampler` for streaming shards (it orders items by loader worker), else
+        `ResumableSampler`."""
+        rank, world_size = self.rank_and_world_size()
+        if isinstance(dataset, ShardDataset):
+            return ShardSampler(
+                len(dataset), self.seed, self.batch_size, self.num_workers, shuffle=shuffle, drop_last=drop_last,
+                rank=rank, world_size=world_size,
+            )  # fmt: skip
+        return ResumableSampler(
+            len(dataset), self.seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size
+        )
+
+    def _loader(
+        self, dataset: Dataset, sampler: ResumableSampler | ShardSampler, drop_last: bool, rank: int
+    ) -> DataLoader:
         # The loader draws its workers' base seed from `generator`, not from the global RNG.
         generator_seed = np.random.SeedSequence(self.seed, spawn_key=(rank,)).generate_state(1, np.uint64)[0]
         return DataLoader(

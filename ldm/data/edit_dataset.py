@@ -71,12 +71,27 @@ def split_range(num_items: int, splits: Sequence[float], split: str) -> range:
     return range(start, stop)
 
 
+def draw_variant(num_variants: int, draws_variant: bool, generator: torch.Generator) -> int:
+    """Which pair of a multi-pair sample to use: the first draw of the sample's generator, if the dataset draws."""
+    return int(torch.randint(num_variants, (), generator=generator)) if draws_variant else 0
+
+
+def edit_sample(
+    transform: PairedTransform, input_image: Image.Image, edited_image: Image.Image, instruction: str,
+    generator: torch.Generator,
+) -> Sample:
+    """The training sample of one decoded pair, augmented by `transform` with draws from `generator`."""
+    input_tensor, edited_tensor = transform(input_image, edited_image, generator)  # 2 x (3, H, W)
+    return {"edited": edited_tensor, "edit": {"c_concat": input_tensor, "c_crossattn": instruction}}
+
+
 class PairedEditDataset(Dataset, abc.ABC):
     """Shared sample assembly: load a pair, transform it, skip or raise on unreadable files.
 
-    Subclasses implement `__len__` and `load_variant(index, variant) -> (input image, edited image,
-    instruction)`, raising `ImageInputError` for a file that cannot be read; one with several pairs
-    per sample also overrides `num_variants` and `load_pair`, which draws the variant from `generator`.
+    Subclasses implement `__len__` and `variant_files(index, variant) -> (input image file, edited
+    image file, instruction)`, raising `ImageInputError` for an instruction that cannot be read (an
+    unreadable image raises it when loaded); one with several pairs per sample also overrides
+    `num_variants` and sets `draws_variant`.
     """
 
     def __init__(
@@ -109,12 +124,18 @@ class PairedEditDataset(Dataset, abc.ABC):
         return 1
 
     @abc.abstractmethod
+    def variant_files(self, index: int, variant: int) -> tuple[Path, Path, str]:
+        """(input image file, edited image file, instruction) of pair `variant` of sample `index`."""
+
     def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
         """(input image, edited image, instruction) of pair `variant` of sample `index`, before augmentation."""
+        input_path, edited_path, instruction = self.variant_files(index, variant)
+        return load_image(input_path), load_image(edited_path), instruction
 
     def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
-        """(input image, edited image, instruction) of sample `index`, before augmentation."""
-        return self.load_variant(index, 0)
+        """(input image, edited image, instruction) of sample `index`, before augmentation; draws the
+        variant from `generator` when the dataset `draws_variant`."""
+        return self.load_variant(index, draw_variant(self.num_variants(index), self.draws_variant, generator))
 
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         """Sample `item`: an `(index, seed)` pair, or an int index (seed drawn from torch's global RNG)."""
@@ -137,8 +158,7 @@ class PairedEditDataset(Dataset, abc.ABC):
                 self._note_bad_file(err)
                 last_error = err
                 continue
-            input_tensor, edited_tensor = self.transform(input_image, edited_image, generator)  # 2 x (3, H, W)
-            return {"edited": edited_tensor, "edit": {"c_concat": input_tensor, "c_crossattn": instruction}}
+            return edit_sample(self.transform, input_image, edited_image, instruction, generator)
         raise RuntimeError(
             f"no readable sample in {self.source} (split {self.split}): all {n} samples tried from index {index} "
             f"failed; last error: {last_error}"
@@ -224,10 +244,7 @@ class EditDataset(PairedEditDataset):
     def num_variants(self, index: int) -> int:
         return len(self.entries[index][1])
 
-    def load_pair(self, index: int, generator: torch.Generator) -> tuple[Image.Image, Image.Image, str]:
-        return self.load_variant(index, int(torch.randint(self.num_variants(index), (), generator=generator)))
-
-    def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
+    def variant_files(self, index: int, variant: int) -> tuple[Path, Path, str]:
         name, seeds = self.entries[index]
         folder = self.path / name
         seed = seeds[variant]
@@ -236,7 +253,7 @@ class EditDataset(PairedEditDataset):
             instruction = json.loads(prompt_file.read_text())["edit"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise ImageInputError(prompt_file, f"no readable 'edit' instruction ({err!r})") from err
-        return load_image(_pair_image(folder, seed, 0)), load_image(_pair_image(folder, seed, 1)), str(instruction)
+        return _pair_image(folder, seed, 0), _pair_image(folder, seed, 1), str(instruction)
 
 
 class PairsCSVDataset(PairedEditDataset):
@@ -310,6 +327,5 @@ class PairsCSVDataset(PairedEditDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load_variant(self, index: int, variant: int) -> tuple[Image.Image, Image.Image, str]:
-        input_path, edited_path, instruction = self.pairs[index]
-        return load_image(input_path), load_image(edited_path), instruction
+    def variant_files(self, index: int, variant: int) -> tuple[Path, Path, str]:
+        return self.pairs[index]

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ldm.data.edit_dataset import PairedEditDataset
+from ldm.data.edit_dataset import PairedEditDataset, draw_variant
 from ldm.data.images import PairedTransform
 from ldm.io import write_bytes_atomic, write_text_atomic
 from ldm.util import ConfigError
@@ -290,22 +290,28 @@ class CachedEditDataset(Dataset):
         else:
             index = operator.index(item)
             seed = int(torch.randint(_MAX_DRAWN_SEED, ()))
-        generator = torch.Generator().manual_seed(seed)
-        variant = int(torch.randint(self.variants[index], (), generator=generator)) if self.draws_variant else 0
-        flip = int(self.transform.draw(generator)[3])
+        variant, flip = cache_draws(self.variants[index], self.draws_variant, self.transform, seed)
         row = self.first_row[index] + variant
         shard = self._shard(row // self.shard_size)
         r = row % self.shard_size
+        return cached_sample({name: shard.get_slice(name)[r : r + 1][0] for name in (*FIELDS, "text")}, flip)
 
-        def field(name: str) -> torch.Tensor:
-            return shard.get_slice(name)[r : r + 1][0].float()
 
-        target_mean, target_std, input_mode = (field(name)[flip] for name in FIELDS)  # (C, h, w) each
-        return {
-            CACHE_KEY: {
-                "target_mean": target_mean,
-                "target_std": target_std,
-                "c_concat": input_mode,
-                "c_crossattn": field("text"),  # (T, D)
-            }
+def cache_draws(num_variants: int, draws_variant: bool, transform: PairedTransform, seed: int) -> tuple[int, int]:
+    """(variant, flip) of a cached sample: the draws the source dataset makes with the sample's seed."""
+    generator = torch.Generator().manual_seed(seed)
+    variant = draw_variant(num_variants, draws_variant, generator)
+    return variant, int(transform.draw(generator)[3])
+
+
+def cached_sample(row: Mapping[str, torch.Tensor], flip: int) -> dict[str, Any]:
+    """The training sample of one stored pair: FIELDS (F, C, h, w) and "text" (T, D), fp16, with flip `flip`."""
+    target_mean, target_std, input_mode = (row[name][flip].float() for name in FIELDS)  # (C, h, w) each
+    return {
+        CACHE_KEY: {
+            "target_mean": target_mean,
+            "target_std": target_std,
+            "c_concat": input_mode,
+            "c_crossattn": row["text"].float(),  # (T, D)
         }
+    }

@@ -241,15 +241,16 @@ class LatentDiffusion(pl.LightningModule):
     def on_fit_start(self) -> None:
         """Refuse a latent cache made with other encoders than this model's, before the first step."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        cached = {
+        cached = {  # latent caches, and shards written from one
             name: dataset
             for name, dataset in getattr(datamodule, "datasets", {}).items()
-            if isinstance(dataset, CachedEditDataset)
+            if getattr(dataset, "encoder_identity", None) is not None
         }
         if cached:
             mine = encoder_identity(self)
             for name, dataset in cached.items():
-                check_identity(dataset.encoder_identity, mine, f"{datamodule.dataset_paths[name]}.params.path")
+                key = "path" if isinstance(dataset, CachedEditDataset) else "url"
+                check_identity(dataset.encoder_identity, mine, f"{datamodule.dataset_paths[name]}.params.{key}")
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
