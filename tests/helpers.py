@@ -3,6 +3,7 @@ weights-dump callback."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -70,6 +71,24 @@ class DumpWeights(pl.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
         (self.out_dir / f"rank{trainer.global_rank}.world").write_text(str(trainer.world_size))
+
+
+class DumpBatches(pl.Callback):
+    """Each rank appends one JSON line per training batch to <out_dir>/rank<r>.jsonl: the step it starts and a
+    sha256 of each sample's target image (a sample's identity: its pixels after augmentation)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"step": trainer.global_step + 1, "samples": [sample_hash(x) for x in batch["edited"]]}
+        with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def sample_hash(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def tiny_model_config(**params) -> dict:
