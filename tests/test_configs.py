@@ -21,6 +21,7 @@ from helpers import ROOT, make_edit_dataset
 from omegaconf import OmegaConf
 
 from ldm.data.latent_cache import encode_dataset
+from ldm.data.shards import write_shards
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.util import check_params, count_params, instantiate_from_config
 
@@ -124,6 +125,10 @@ def test_small_config_instantiates(path, tmp_path):
             train["params"]["path"] = str(tmp_path / "cache")
             source = train["params"]["source"]
             encode_dataset(model, instantiate_from_config(source, "source"), source, tmp_path / "cache")
+        if train["target"] == "ldm.data.shards.ShardDataset":  # write the fixture as shards
+            train["params"]["url"] = str(tmp_path / "shards")
+            source = train["params"]["source"]
+            write_shards(instantiate_from_config(source, "source"), source, tmp_path / "shards", shard_bytes=50_000)
         data = instantiate_from_config(config["data"], "data")
         data.setup("fit")
         batch = next(iter(data.train_dataloader()))
@@ -133,13 +138,14 @@ def test_small_config_instantiates(path, tmp_path):
     check_lightning_section(config)
 
 
-def test_cached_config_differs_from_its_image_config_only_in_the_train_dataset():
+@pytest.mark.parametrize("name", ["train_cached.yaml", "train_shards.yaml"])
+def test_cached_and_shard_configs_differ_from_the_image_config_only_in_the_train_dataset(name):
     plain = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "openmoji" / "train.yaml"))
-    cached = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "openmoji" / "train_cached.yaml"))
-    assert cached["data"]["params"]["train"]["params"]["source"] == plain["data"]["params"]["train"]
-    for config in (plain, cached):
+    other = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "openmoji" / name))
+    assert other["data"]["params"]["train"]["params"]["source"] == plain["data"]["params"]["train"]
+    for config in (plain, other):
         del config["data"]["params"]["train"]
-    assert cached == plain
+    assert other == plain
 
 
 @pytest.mark.slow
