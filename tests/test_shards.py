@@ -254,11 +254,6 @@ def test_cli_writes_and_reports_mistakes_in_one_line(source, tmp_path, capsys):
     assert "24 samples (pairs) in 1 shards" in capsys.readouterr().out
     assert cli.main(["--base", str(config)]) == 2
     assert "give --out" in capsys.readouterr().err
-    streamed = {"target": cli.SHARD_DATASET, "params": {"url": str(tmp_path / "u"), "source": source}}
-    OmegaConf.save({"data": {"params": {"train": streamed}}}, config)
-    assert cli.main(["--base", str(config), "--keep-order"]) == 0  # to the config's url
-    assert shards.read_index(str(tmp_path / "u"))["order_seed"] is None
-    capsys.readouterr()
     assert json.loads((tmp_path / "s" / shards.INDEX_FILE).read_text())["complete"]
     folder = source["params"]["path"]
     name, (seed, *_) = json.loads(open(f"{folder}/seeds.json").read())[5]
@@ -269,3 +264,7 @@ def test_cli_writes_and_reports_mistakes_in_one_line(source, tmp_path, capsys):
     assert cli.main(["--base", str(config), "--out", str(tmp_path / "b"), override]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{seed}_1.jpg" in err and "\n" not in err
+    streamed = {"target": cli.SHARD_DATASET, "params": {"url": str(tmp_path / "u"), "source": source}}
+    OmegaConf.save({"data": {"params": {"train": streamed}}}, config)
+    assert cli.main(["--base", str(config), "--keep-order"]) == 0  # to the config's url
+    assert shards.read_index(str(tmp_path / "u"))["order_seed"] is None
