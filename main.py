@@ -256,11 +256,11 @@ def check_resume_fits(model: Any, ckpt: Path) -> tuple[int, dict[str, Any] | Non
 def build_logger(
     choice: str | None, run_dir: Path, name: str, resume_step: int | None, resume_row: dict[str, Any] | None = None
 ) -> Any:
-    """The run's logger; a CSV log resumed at `resume_step` keeps the rows of the steps before it, and
-    `resume_row`, the row logged just after the checkpoint was saved."""
+    """The run's logger; a CSV or TensorBoard log resumed at `resume_step` keeps the rows of the steps before
+    it, and `resume_row`, the row logged just after the checkpoint was saved."""
     from pytorch_lightning import loggers
 
-    from ldm.loggers import ResumableCSVLogger
+    from ldm.loggers import ResumableCSVLogger, tensorboard_logger
 
     if choice is None:
         try:
@@ -270,7 +270,7 @@ def build_logger(
         except ImportError:
             choice = "csv"
     if choice == "tensorboard":
-        return loggers.TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard")
+        return tensorboard_logger(str(run_dir), resume_step, resume_row)
     if choice == "wandb":
         return loggers.WandbLogger(save_dir=run_dir, name=name, project="sketch-pix2pix")
     return ResumableCSVLogger(save_dir=run_dir, name="", version="csv", resume_step=resume_step, resume_row=resume_row)

@@ -1,4 +1,4 @@
-"""A CSV logger whose history survives resumes.
+"""CSV and TensorBoard loggers whose history survives resumes.
 
 Lightning's CSVLogger deletes `metrics.csv` when a run restarts in the same folder, so resuming
 a killed run (what `make demo` does) lost the loss history before the kill. Here a resumed run
@@ -14,7 +14,8 @@ import csv
 import io
 from typing import Any
 
-from pytorch_lightning.loggers import CSVLogger
+from lightning_fabric.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
@@ -83,3 +84,34 @@ class ResumableCSVLogger(CSVLogger):
             else:
                 self._experiment = _ResumingWriter(self.log_dir, self.resume_step, self.resume_row)
         return self._experiment
+
+
+def tensorboard_logger(
+    save_dir: str, resume_step: int | None = None, resume_row: dict[str, Any] | None = None
+) -> TensorBoardLogger:
+    """A TensorBoardLogger in `<save_dir>/tensorboard` whose history, resumed at `resume_step`, holds each step once.
+
+    A resumed run logs the steps from `resume_step` on again, so TensorBoard's own mechanism hides
+    the earlier run's events of those steps: SummaryWriter's `purge_step` writes a SessionLog.START
+    at `resume_step`, and TensorBoard drops the older files' events at or after it. The row the
+    checkpoint carries (`resume_row`, step resume_step - 1; see `ldm.callbacks.PendingLogRow`) is
+    logged again only where the earlier files lack it.
+    """
+    if resume_step is None:
+        return TensorBoardLogger(save_dir=save_dir, name="", version="tensorboard")
+    logger = TensorBoardLogger(save_dir=save_dir, name="", version="tensorboard", purge_step=resume_step)
+    if resume_row is not None and rank_zero_only.rank == 0 and not _has_row(logger.log_dir, resume_row):
+        logger.log_metrics(resume_row["metrics"], step=resume_row["step"])
+    return logger
+
+
+def _has_row(log_dir: str, row: dict[str, Any]) -> bool:
+    """Whether the event files in `log_dir` hold every scalar of `row` ({"step", "metrics"}) at its step."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # tensorboardX alone writes events but cannot read them: log the row
+        return False
+    events = EventAccumulator(log_dir, size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    tags = set(events.Tags().get("scalars", []))
+    return all(tag in tags and any(e.step == row["step"] for e in events.Scalars(tag)) for tag in row["metrics"])

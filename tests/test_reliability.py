@@ -330,7 +330,7 @@ def test_compute_metrics_with_clip_weights_of_another_model_is_one_line(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------------
-# main.py --logger naming a package that is not installed (TensorBoard is not, in this project's venv).
+# main.py --logger naming a package that is not installed (wandb is not, in this project's venv).
 
 
 def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, capsys) -> None:

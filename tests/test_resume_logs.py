@@ -1,4 +1,4 @@
-"""main.py resumes keep the CSV history and fall back to the newest readable checkpoint."""
+"""main.py resumes keep the CSV and TensorBoard history and fall back to the newest readable checkpoint."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def dataset(tmp_path_factory) -> Path:
     return make_edit_dataset(tmp_path_factory.mktemp("data") / "edits", n=16)
 
 
-def train(dataset: Path, logdir: Path, name: str, steps: int) -> str:
-    args = ["--base", str(TINY_CONFIG), "--train", "--name", name, "--logdir", str(logdir), "--logger", "csv",
+def train(dataset: Path, logdir: Path, name: str, steps: int, logger: str = "csv", *extra: str) -> str:
+    args = ["--base", str(TINY_CONFIG), "--train", "--name", name, "--logdir", str(logdir), "--logger", logger,
             "--max_steps", str(steps), "--checkpoint_every", "3", f"data.params.train.params.path={dataset}",
-            "lightning.trainer.log_every_n_steps=1"]  # fmt: skip
+            "lightning.trainer.log_every_n_steps=1", *extra]  # fmt: skip
     result = run_main(args, cwd=logdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
@@ -39,6 +39,31 @@ def test_a_resumed_csv_log_holds_every_step_once(dataset, tmp_path) -> None:
     train(dataset, tmp_path, "resumed", 9)  # same --name: resumes from last.ckpt at step 6
     assert logged_steps(tmp_path / "resumed") == logged_steps(tmp_path / "whole")
     assert logged_steps(tmp_path / "resumed")[: len(before)] == before  # the rows before the resume are kept
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard shows the run (purged events left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_resumed_tensorboard_log_shows_every_step_once(dataset, tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    train(dataset, tmp_path, "whole", 9, "tensorboard")
+    train(dataset, tmp_path, "resumed", 9, "tensorboard")
+    # as after a kill just after step 3's checkpoint: steps 4-9 are in the log and are trained and logged again
+    step3 = tmp_path / "resumed" / "checkpoints" / "step-000003.ckpt"
+    result = run_main(["--resume", str(step3), "--train", "--max_steps", "9", "--logger", "tensorboard"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "resumed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    whole, resumed = tensorboard_scalars(tmp_path / "whole"), tensorboard_scalars(tmp_path / "resumed")
+    assert "train/loss_simple" in whole and whole.keys() == resumed.keys()
+    for tag, points in whole.items():
+        assert [step for step, _ in resumed[tag]] == [step for step, _ in points], tag  # each step once
+        assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in points], abs=1e-6), tag
 
 
 def test_a_truncated_last_ckpt_falls_back_to_the_newest_step_checkpoint(dataset, tmp_path) -> None:

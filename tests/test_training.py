@@ -48,7 +48,8 @@ def assert_states_equal(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 def test_trains_logs_checkpoints_and_config_reproduces(dataset, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *train_args(dataset, tmp_path, "run", "--max_steps", "30")],
+        [sys.executable, str(ROOT / "main.py"),
+         *train_args(dataset, tmp_path, "run", "--max_steps", "30", "--logger", "csv")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -76,7 +77,7 @@ def test_trains_logs_checkpoints_and_config_reproduces(dataset, tmp_path):
     saved = sorted((run_dir / "configs").glob("*-project.yaml"))
     assert len(saved) == 1
     again = run_main(["--base", str(saved[0]), "--train", "--name", "again", "--logdir", str(tmp_path),
-                      "--max_steps", "30"], cwd=tmp_path)  # fmt: skip
+                      "--max_steps", "30", "--logger", "csv"], cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert losses(tmp_path / "again") == pytest.approx(values, abs=1e-6)
     assert_states_equal(
