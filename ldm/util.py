@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -183,8 +184,9 @@ def load_config_files(bases: Sequence[str], overrides: Sequence[str] = ()) -> Di
             raise ConfigError(f"config file {base} does not exist")
         try:
             configs.append(OmegaConf.load(base))
-        except (OmegaConfBaseException, ValueError) as err:
-            raise ConfigError(f"config file {base} is not valid YAML ({err})") from err
+        except (OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
+            message = " ".join(str(err).split())  # PyYAML's messages span lines
+            raise ConfigError(f"config file {base} is not valid YAML ({message})") from err
     bad = [o for o in overrides if "=" not in o or o.startswith("-")]
     if bad:
         raise ConfigError(f"unrecognised argument {bad[0]!r}; overrides look like model.params.key=value")

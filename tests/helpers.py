@@ -8,8 +8,10 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -49,14 +51,33 @@ def make_edit_dataset(root: Path, n: int = 40, size: int = 32) -> Path:
     return root
 
 
-def run_main(args: list[str], cwd: Path, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
-    """Run main.py in a subprocess with the test directory importable (for test callbacks)."""
+def main_env() -> dict[str, str]:
+    """The environment main.py runs in: the test directory importable (for test callbacks), no run of a parent."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
     env.pop("SKETCH_P2P_RUN_DIR", None)
     env.pop("SKETCH_P2P_RESUME_CKPT", None)
+    return env
+
+
+def run_main(args: list[str], cwd: Path, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    """Run main.py in a subprocess (`main_env`)."""
     cmd = [sys.executable, str(ROOT / "main.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(cmd, cwd=cwd, env=main_env(), capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def kill_main_when(args: list[str], cwd: Path, checkpoint: Path, timeout: float = 300) -> None:
+    """Start main.py with `args` and SIGKILL it, with every process it started (DDP ranks), once `checkpoint` exists."""
+    cmd = [sys.executable, str(ROOT / "main.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=main_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, f"no {checkpoint} after {timeout} s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 class DumpWeights(pl.Callback):

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from ldm.data.datamodule import DataModuleFromConfig
 from ldm.data.edit_dataset import EditDataset, PairsCSVDataset
 from ldm.data.sampler import sample_seed
+from ldm.errors import DatasetError
 from ldm.image_io import ImageInputError
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -331,7 +332,7 @@ def test_all_images_corrupt_is_a_clear_error(tmp_path: Path) -> None:
     dataset = small_dataset(tmp_path / "data")
     for image in (tmp_path / "data").glob("*/*_0.jpg"):
         image.write_bytes(b"\x00" * 16)
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=r"no readable sample in .*all 6 samples"):
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"no readable sample in .*all 6 samples"):
         dataset[0]
     assert dataset.num_skipped == 6
 

@@ -4,16 +4,14 @@ oracle both ways, merge_lora.py, and an exact resume of a killed LoRA run with a
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, make_edit_dataset, run_main, tiny_model, tiny_model_config
+from helpers import ROOT, TINY_CONFIG, kill_main_when, make_edit_dataset, run_main, tiny_model, tiny_model_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -332,17 +330,8 @@ def test_a_killed_lora_run_resumes_exactly_and_its_checkpoint_is_small(files, tm
 
     straight = run_main(args("straight", *lora), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args("killed", *lora)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     step5 = tmp_path / "killed" / "checkpoints" / "step-000005.ckpt"
-    deadline = time.time() + 300
-    while not step5.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.communicate()
+    kill_main_when(args("killed", *lora), tmp_path, step5)
     resumed = run_main(["--resume", str(step5), "--train", "--max_steps", "10"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

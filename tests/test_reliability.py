@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, make_edit_dataset, tiny_model
+from helpers import ROOT, TINY_CONFIG, main_env, make_edit_dataset, tiny_model
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
@@ -38,12 +38,8 @@ EVERY = 2  # a checkpoint every EVERY steps: step-N.ckpt, then last.ckpt
 KILLS = 10
 
 
-def main_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # both runs compute alike
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("SKETCH_P2P_RUN_DIR", None)
-    env.pop("SKETCH_P2P_RESUME_CKPT", None)
-    return env
+def one_thread_env() -> dict[str, str]:
+    return {**main_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # both runs compute alike
 
 
 def start_run(dataset: Path, logdir: Path, name: str, log: Path) -> subprocess.Popen:
@@ -53,7 +49,7 @@ def start_run(dataset: Path, logdir: Path, name: str, log: Path) -> subprocess.P
             "lightning.trainer.log_every_n_steps=1", "lightning.callbacks.image_logger.params.batch_frequency=3",
             "lightning.trainer.enable_progress_bar=false"]  # fmt: skip
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=logdir, env=main_env(),
+        return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=logdir, env=one_thread_env(),
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 

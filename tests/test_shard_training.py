@@ -5,17 +5,12 @@ the run with its name."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, make_edit_dataset, run_main, sample_hash
+from helpers import TINY_CONFIG, kill_main_when, make_edit_dataset, run_main, sample_hash
 from omegaconf import OmegaConf
 
 from ldm.checkpoint import read_checkpoint
@@ -75,21 +70,9 @@ def test_two_process_ddp_over_shards_sees_each_sample_once_and_resumes_exactly(s
     assert Counter(got) == Counter(expected), "every sample exactly once in the epoch, across both ranks"
 
     killed_dump = tmp_path / "dump-killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"),
-         *args(config, tmp_path, "killed", "--devices", "2", "--max_steps", "10", *dump_args,
-               f"lightning.callbacks.dump.params.out_dir={killed_dump}")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
-    )  # fmt: skip
     step5 = tmp_path / "killed" / "checkpoints" / "step-000005.ckpt"
-    deadline = time.time() + 300
-    while not step5.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # both ranks, mid-epoch
-    proc.communicate()
+    kill_main_when(args(config, tmp_path, "killed", "--devices", "2", "--max_steps", "10", *dump_args,
+                        f"lightning.callbacks.dump.params.out_dir={killed_dump}"), tmp_path, step5)  # mid-epoch
     resumed = run_main(["--resume", str(step5), "--train", "--accelerator", "cpu", "--devices", "2",
                         "--max_steps", "10"], cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]

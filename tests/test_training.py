@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, make_edit_dataset, run_main
+from helpers import ROOT, TINY_CONFIG, kill_main_when, make_edit_dataset, run_main
 
 from ldm.checkpoint import read_checkpoint
 
@@ -110,16 +111,8 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     args = train_args(dataset, tmp_path, "killed", "--max_steps", str(2 * n))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     step_n = tmp_path / "killed" / "checkpoints" / f"step-{n:06d}.ckpt"
-    deadline = time.time() + 300
-    while not step_n.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.communicate()
+    kill_main_when(args, tmp_path, step_n)
 
     resumed = run_main(["--resume", str(step_n), "--train", "--max_steps", str(2 * n)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -171,9 +164,33 @@ def test_released_checkpoint_given_to_resume_fine_tunes(dataset, tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line(dataset, tmp_path, extra, message):
-    result = run_main(train_args(dataset, tmp_path, "bad", "--max_steps", "2", *extra), cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+    assert_one_error(run_main(train_args(dataset, tmp_path, "bad", "--max_steps", "2", *extra), cwd=tmp_path), message)
+    assert not list(tmp_path.rglob("*.ckpt")), "no checkpoint written"
+
+
+def assert_one_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+
+
+def test_yaml_data_and_logdir_mistakes_are_one_line(dataset, tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: [\n")
+    corrupt = shutil.copytree(dataset, tmp_path / "corrupt")
+    (corrupt / "seeds.json").write_text('[["0000", [100]')
+    unreadable = shutil.copytree(dataset, tmp_path / "unreadable")
+    for image in unreadable.rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    cases = [
+        (["--base", str(tmp_path / "bad.yaml")], "bad.yaml is not valid YAML (while parsing a flow node"),
+        ([f"data.params.train.params.path={corrupt}"], "cannot read " + str(corrupt / "seeds.json")),
+        # raised in a DataLoader worker: the worker's traceback is cut to the line
+        ([f"data.params.train.params.path={unreadable}", "data.params.num_workers=1"], "no readable sample in"),
+    ]
+    if Path("/proc/self").is_dir():  # a folder no one can make anything in, root included
+        cases.append((["--logdir", "/proc/sp2p-logs"], "--logdir: cannot make the run folder"))
+    for extra, message in cases:
+        assert_one_error(run_main(train_args(dataset, tmp_path / "logs", "bad", "--max_steps", "2", *extra),
+                                  cwd=tmp_path), message)  # fmt: skip
     assert not list(tmp_path.rglob("*.ckpt")), "no checkpoint written"

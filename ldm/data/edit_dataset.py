@@ -38,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.images import PairedTransform
+from ldm.errors import DatasetError
 from ldm.image_io import ImageInputError, load_image
 from ldm.util import ConfigError
 
@@ -159,7 +160,7 @@ class PairedEditDataset(Dataset, abc.ABC):
                 last_error = err
                 continue
             return edit_sample(self.transform, input_image, edited_image, instruction, generator)
-        raise RuntimeError(
+        raise DatasetError(
             f"no readable sample in {self.source} (split {self.split}): all {n} samples tried from index {index} "
             f"failed; last error: {last_error}"
         )
@@ -207,18 +208,18 @@ class EditDataset(PairedEditDataset):
         try:
             entries = json.loads(seeds_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {seeds_file}: {err}") from err
+            raise DatasetError(f"cannot read {seeds_file}: {err}") from err
         if not isinstance(entries, list):
-            raise ValueError(f"{seeds_file} must hold a JSON list of [prompt_dir, [seed, ...]] entries")
+            raise DatasetError(f"{seeds_file} must hold a JSON list of [prompt_dir, [seed, ...]] entries")
         for i, entry in enumerate(entries):
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list) and entry[1]):
-                raise ValueError(f"{seeds_file} entry {i} is {entry!r}; expected [prompt_dir, [seed, ...]]")
+                raise DatasetError(f"{seeds_file} entry {i} is {entry!r}; expected [prompt_dir, [seed, ...]]")
         rows = split_range(len(entries), splits, split)
         self.entries: list[tuple[str, list[int]]] = [
             (str(name), seeds) for name, seeds in entries[rows.start : rows.stop]
         ]
         if not self.entries:
-            raise ValueError(
+            raise DatasetError(
                 f"split {split!r} of {seeds_file} is empty ({len(entries)} entries, splits {list(splits)}); "
                 "add entries or change splits"
             )
@@ -306,7 +307,7 @@ class PairsCSVDataset(PairedEditDataset):
                 rows = rows[selected.start : selected.stop]
         if not rows:
             which = f"split {split!r} of {self.csv_path}" if split is not None else str(self.csv_path)
-            raise ValueError(f"{which} has no rows; add rows or change split/splits")
+            raise DatasetError(f"{which} has no rows; add rows or change split/splits")
         folder = self.csv_path.parent
         # (input path, edited path, instruction) per row; absolute paths in the CSV stay as they are.
         self.pairs: list[tuple[Path, Path, str]] = [

@@ -72,14 +72,6 @@ AUGMENTATION_PARAMS = ("min_resize_res", "max_resize_res", "crop_res", "flip_pro
 class ShardError(UserError):
     """A missing, truncated or corrupt shard (or index); the message names the file."""
 
-    def __init__(self, message: str) -> None:
-        # A DataLoader worker's exception is re-raised in the main process as type(err)(text with the
-        # worker's traceback); keep the one line that says what is wrong.
-        marker = f"{type(self).__name__}: "
-        if "Original Traceback" in message and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
-
 
 def shard_name(k: int) -> str:
     return f"shard-{k:06d}.tar"
