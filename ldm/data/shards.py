@@ -160,10 +160,8 @@ def read_shard(url: str, entry: Mapping[str, Any], first: int = 0, stop: int | N
                         if position >= stop and not whole:
                             return
                         sample = {"__key__": key, "__url__": where}  # webdataset's two keys
-                    # the skipped samples of the first shard are read past, not kept
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    if first <= position < stop:
-                        sample[field] = data
+                    if first <= position < stop:  # a skipped sample's data is read past by the tar stream, unkept
+                        sample[field] = tar.extractfile(member).read()  # type: ignore[union-attr]
                 if sample is not None and first <= position < stop:
                     yield sample
             if whole:
