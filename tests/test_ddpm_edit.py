@@ -178,6 +178,27 @@ def test_scale_by_std_measures_first_batch(tmp_path):
     assert 0.3 < z.std().item() < 3.0  # unit-ish scale (a fresh sample, not the measured one)
 
 
+def test_scale_by_std_keeps_the_scale_factor_of_loaded_weights(tmp_path):
+    """A fine-tune (ckpt_path, no --resume) starts at step 0 but its UNet was trained with the
+    checkpoint's scale_factor: measuring a new one would shift every latent it sees."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    trained = instantiate_from_config(model_config(scale_by_std=True, use_ema=False), "model")
+    trained.scale_factor.fill_(0.4321)
+    path = tmp_path / "trained.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    tuned = instantiate_from_config(
+        model_config(scale_by_std=True, use_ema=True, load_ema=False, ckpt_path=str(path)), "model"
+    )
+    tuned._trainer = SimpleNamespace(
+        global_step=0, ckpt_path=None, strategy=SimpleNamespace(reduce=lambda x, reduce_op: x)
+    )
+    tuned.on_train_batch_start(batch(4), 0)
+    assert tuned.scale_factor.item() == pytest.approx(0.4321)
+
+
 def test_v_parameterization_target_and_sampling_denoiser_agree():
     """v = sqrt(abar) eps - sqrt(1 - abar) x0 (diffusers' get_velocity); an oracle UNet that returns
     exactly that v makes our k-diffusion denoiser return x0, so training and sampling use one convention."""

@@ -180,6 +180,7 @@ class LatentDiffusion(pl.LightningModule):
         self.ema_decay = ema_decay
         if use_ema and load_ema:
             self.model_ema = LitEma(self.model, decay=ema_decay)
+        self.weights_loaded = ckpt_path is not None
         if ckpt_path is not None:
             init_from_ckpt(self, ckpt_path, ignore_keys=ignore_keys, load_ema=use_ema and load_ema)
         self.lora_base: dict[str, str] | None = None
@@ -303,8 +304,9 @@ class LatentDiffusion(pl.LightningModule):
     # ---- Lightning hooks ------------------------------------------------------------------------
     @torch.no_grad()
     def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        # a LoRA run keeps its base model's scale_factor: the adapted weights were trained with it
-        if not self.scale_by_std or self.lora is not None or self.global_step > 0 or self.trainer.ckpt_path is not None:
+        # a run that starts from trained weights (ckpt_path: a fine-tune, LoRA) keeps their scale_factor:
+        # the UNet was trained with it
+        if not self.scale_by_std or self.weights_loaded or self.global_step > 0 or self.trainer.ckpt_path is not None:
             return
         std = self.target_posterior(batch).sample().flatten().std()
         std = self.trainer.strategy.reduce(std, reduce_op="mean")
