@@ -31,10 +31,13 @@ CONFIGS = [p for p in CONFIGS if "sketch2pokemon" not in p.parts]
 SD_FAMILY = [p for p in CONFIGS if p.parent == ROOT / "configs" or "stable-diffusion" in p.parts]
 SMALL = [p for p in CONFIGS if p not in SD_FAMILY]
 SD15_UNET_4CH = 859_520_964
+# configs that are merged after another (main.py --base BASE OVERLAY): built as that merge
+OVERLAYS = {"openmoji/reference/continue.yaml": "openmoji/reference/train.yaml"}
 
 
 def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
-    """The config as a dict, with every ckpt_path cleared and dataset paths set to `dataset`."""
+    """The config (merged after its base if it is an overlay) as a dict, with every ckpt_path cleared
+    and dataset paths set to `dataset`."""
 
     def rewrite(node: Any, in_data: bool) -> Any:
         if isinstance(node, dict):
@@ -50,7 +53,9 @@ def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
             return [rewrite(v, in_data) for v in node]
         return node
 
-    return rewrite(OmegaConf.to_container(OmegaConf.load(path), resolve=True), False)
+    base = OVERLAYS.get(path.relative_to(ROOT / "configs").as_posix())
+    merged = OmegaConf.merge(*([OmegaConf.load(ROOT / "configs" / base)] if base else []), OmegaConf.load(path))
+    return rewrite(OmegaConf.to_container(merged, resolve=True), False)
 
 
 def build_model(config: dict[str, Any], device: str | None = None):
