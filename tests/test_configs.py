@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from ldm.data.latent_cache import encode_dataset
 from ldm.data.shards import write_shards
 from ldm.models.autoencoder import AutoencoderKL
-from ldm.util import check_params, count_params, instantiate_from_config
+from ldm.util import check_params, count_params, instantiate_from_config, load_config_files
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # configs/sketch2pokemon/ are full size too; tests/test_sketch2pokemon.py builds them with its data fixture
@@ -54,8 +54,8 @@ def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
         return node
 
     base = OVERLAYS.get(path.relative_to(ROOT / "configs").as_posix())
-    merged = OmegaConf.merge(*([OmegaConf.load(ROOT / "configs" / base)] if base else []), OmegaConf.load(path))
-    return rewrite(OmegaConf.to_container(merged, resolve=True), False)
+    files = [str(ROOT / "configs" / base)] if base else []
+    return rewrite(OmegaConf.to_container(load_config_files([*files, str(path)]), resolve=True), False)
 
 
 def build_model(config: dict[str, Any], device: str | None = None):
