@@ -53,13 +53,15 @@ def in_family(rgb: np.ndarray, family: str) -> np.ndarray:
 class BatchEditor:
     """Three-way-guided Euler edits of many images at once."""
 
-    def __init__(self, model, steps: int, cfg_text: float, cfg_image: float, seed: int) -> None:
+    def __init__(
+        self, model, steps: int, cfg_text: float, cfg_image: float, seed: int, cfg_rescale: float = 0.0
+    ) -> None:
         from ldm.models.diffusion.sampling import denoiser, get_sigmas
 
         self.model = model
         self.wrapped = denoiser(model)
         self.sigmas = get_sigmas(self.wrapped, steps)
-        self.cfg_text, self.cfg_image, self.seed = cfg_text, cfg_image, seed
+        self.cfg_text, self.cfg_image, self.seed, self.cfg_rescale = cfg_text, cfg_image, seed, cfg_rescale
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, texts: list[str], cfg_text: float | None = None) -> torch.Tensor:
@@ -72,7 +74,8 @@ class BatchEditor:
                            for _ in texts])  # fmt: skip
         uncond = self.model.unconditional(cond)
         cfg_text = self.cfg_text if cfg_text is None else cfg_text
-        z = sample_edit(self.wrapped, cond, uncond, noise, self.sigmas, "euler", cfg_text, self.cfg_image)
+        z = sample_edit(self.wrapped, cond, uncond, noise, self.sigmas, "euler", cfg_text, self.cfg_image,
+                        cfg_rescale=self.cfg_rescale)  # fmt: skip
         return self.model.decode_first_stage(z)
 
 
@@ -98,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--per-kind", type=int_at_least(1), default=None, help="the first N pairs of each kind [all pairs]")
     p.add_argument("--fixed", type=int_at_least(0), default=10, help="held-out sketches for make it red/blue/green")
-    p.add_argument("--steps", type=int_at_least(1), default=20)
-    p.add_argument("--cfg-text", type=finite_float, default=7.5)
-    p.add_argument("--cfg-image", type=finite_float, default=1.5)
+    p.add_argument("--steps", type=int_at_least(1), help="Euler steps [the config's edit_defaults]")
+    p.add_argument("--cfg-text", type=finite_float, help="text guidance [the config's edit_defaults]")
+    p.add_argument("--cfg-image", type=finite_float, help="image guidance [the config's edit_defaults]")
+    p.add_argument("--cfg-rescale", type=finite_float, default=0.0,
+                   help="guidance rescale phi (Lin et al. 2024; ldm.models.diffusion.sampling.CFGDenoiser)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int_at_least(1), default=64)
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch.set_num_threads")
@@ -112,7 +117,10 @@ def evaluate(args: argparse.Namespace) -> int:
     """Edit the chosen pairs, score them, write `--out`; 0 when done."""
     existing_file("--pairs", args.pairs)
     existing_file("--ckpt", args.ckpt)
-    config, _ = read_model_config(args.config)
+    config, defaults = read_model_config(args.config)
+    for name in ("steps", "cfg_text", "cfg_image"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
     from ldm.data.images import to_signed_tensor
     from ldm.image_io import keep_lines, load_image, save_image_atomic
     from ldm.inference import load_model, to_image
@@ -123,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pairs_csv, out = Path(args.pairs), Path(args.out)
     model = load_model(config, args.ckpt)
-    editor = BatchEditor(model, args.steps, args.cfg_text, args.cfg_image, args.seed)
+    editor = BatchEditor(model, args.steps, args.cfg_text, args.cfg_image, args.seed, args.cfg_rescale)
     all_rows = cm.read_pairs(pairs_csv)
     rows = chosen_pairs(all_rows, args.per_kind)
     root = pairs_csv.parent
@@ -175,7 +183,7 @@ def evaluate(args: argparse.Namespace) -> int:
     report = cm.evaluate(pairs_csv, predictions, allow_missing=True)
     report["settings"]["sampling"] = {
         "steps": args.steps, "sampler": "euler", "cfg_text": args.cfg_text, "cfg_image": args.cfg_image,
-        "seed": args.seed, "ckpt": str(args.ckpt),
+        "cfg_rescale": args.cfg_rescale, "seed": args.seed, "ckpt": str(args.ckpt),
     }  # fmt: skip
     report["edit_seconds"] = seconds
     cm.write_report(report, out / "metrics.json")

@@ -214,6 +214,35 @@ def test_cfg_denoiser_batch_order_and_combination() -> None:
     assert torch.equal(text_off, torch.full_like(x, float(image_only)))
 
 
+class SpreadStub(torch.nn.Module):
+    """D(x, sigma) = x * (1 + text) + image: the text widens the spread of the estimate (per-sample constants)."""
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        text = cond["c_crossattn"][0].flatten(1)[:, :1, None, None]  # (3B, 1, 1, 1)
+        image = cond["c_concat"][0].flatten(1)[:, :1, None, None]
+        return x * (1 + text) + image
+
+
+def test_cfg_rescale_equals_diffusers_rescale_noise_cfg() -> None:
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    x = torch.randn((2, 4, 3, 3), generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([3.0, 3.0])
+    cond = {"c_crossattn": [torch.tensor([1.0, 2.0])[:, None, None].expand(2, 5, 8)],
+            "c_concat": [torch.full((2, 4, 3, 3), 0.5)]}  # fmt: skip
+    uncond = {"c_crossattn": [torch.zeros((2, 5, 8))], "c_concat": [torch.zeros((2, 4, 3, 3))]}
+    guide = CFGDenoiser(SpreadStub())
+    guided = guide(x, sigma, cond, uncond, text_cfg_scale=7.5, image_cfg_scale=1.5)
+    full = guide(x, sigma, cond, uncond, text_cfg_scale=1.0, image_cfg_scale=1.0)  # the fully conditioned estimate
+    rescaled = guide(x, sigma, cond, uncond, text_cfg_scale=7.5, image_cfg_scale=1.5, cfg_rescale=0.7)
+    torch.testing.assert_close(rescaled, rescale_noise_cfg(guided, full, guidance_rescale=0.7))
+    assert (rescaled - guided).abs().min() > 0  # it changed every value
+    std = rescaled.std(dim=(1, 2, 3))
+    assert (std < guided.std(dim=(1, 2, 3))).all() and (std > full.std(dim=(1, 2, 3))).all()
+    fully = guide(x, sigma, cond, uncond, text_cfg_scale=7.5, image_cfg_scale=1.5, cfg_rescale=1.0)
+    torch.testing.assert_close(fully.std(dim=(1, 2, 3)), full.std(dim=(1, 2, 3)))  # phi = 1: full's spread
+
+
 # ---- 4. bad inputs through the CLI --------------------------------------------------------------
 def test_missing_input_file(files, tmp_path) -> None:
     result = run_cli(cli_args(files, "--input", "nope.png", "--output", "out.png", "--edit", "x"), tmp_path)

@@ -4,7 +4,8 @@
 model's own `alphas_cumprod` (eps or v parameterization). `CFGDenoiser` adds the
 InstructPix2Pix three-way classifier-free guidance in one batch of three:
 [text + image, no text + image, no text + no image], combined as
-`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`; given `cfg_scale` instead it is
+`uncond + s_T * (full - img_only) + s_I * (img_only - uncond)`, optionally rescaled towards the standard
+deviation of `full` (`cfg_rescale`, below); given `cfg_scale` instead it is
 the two-way guidance of a text-to-image model, `uncond + s * (cond - uncond)` from one batch
 [text; no text].
 Samplers are chosen by name and called with k-diffusion's signature
@@ -41,6 +42,13 @@ class CFGDenoiser(nn.Module):
     (hybrid) model given `text_cfg_scale` and `image_cfg_scale`, two-way for a text-to-image
     model given `cfg_scale`.
 
+    `cfg_rescale` (phi, three-way only): Lin et al. (2024), "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", section 3.4. Strong guidance inflates the denoised latent's spread (over-saturated,
+    over-dark colors); phi = 1 rescales the guided estimate to the per-sample standard deviation of the
+    fully conditioned one, phi = 0 (the default) leaves it unchanged, and values between mix the two. It acts
+    on the denoised estimate x0, as in the paper, whatever the model's parameterization (diffusers'
+    `rescale_noise_cfg` computes the same on whatever its UNet predicts).
+
     Two-way: the model sees one batch of 2B, the B samples with their text, then the same B
     samples with the empty text, so attention controllers (Prompt-to-Prompt) find the
     conditional half first and each half in the order of `z`. `cfg_scale` is one number or
@@ -60,6 +68,7 @@ class CFGDenoiser(nn.Module):
         text_cfg_scale: float = 1.0,
         image_cfg_scale: float = 1.0,
         cfg_scale: float | torch.Tensor | None = None,
+        cfg_rescale: float = 0.0,
     ) -> torch.Tensor:
         if cfg_scale is not None:
             return self.text_guided(z, sigma, cond, uncond, cfg_scale)
@@ -71,7 +80,12 @@ class CFGDenoiser(nn.Module):
             "c_concat": [torch.cat([image, image, no_image])],
         }
         full, img_only, uncond_out = self.inner(torch.cat([z] * 3), torch.cat([sigma] * 3), cond=batched).chunk(3)
-        return uncond_out + text_cfg_scale * (full - img_only) + image_cfg_scale * (img_only - uncond_out)
+        guided = uncond_out + text_cfg_scale * (full - img_only) + image_cfg_scale * (img_only - uncond_out)
+        if not cfg_rescale:
+            return guided
+        dims = list(range(1, guided.ndim))
+        factor = full.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)  # (B, 1, 1, 1)
+        return guided * (cfg_rescale * factor + (1 - cfg_rescale))
 
     def text_guided(
         self,
@@ -140,14 +154,17 @@ def sample_edit(
     image_cfg_scale: float,
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    cfg_rescale: float = 0.0,
 ) -> torch.Tensor:
     """The editing recipe (edit_cli, the app, training-time samples, benchmarks): x_T = unit `noise`
-    (B, C, h, w) x sigmas[0], then `sampler` down `sigmas` through three-way guidance."""
+    (B, C, h, w) x sigmas[0], then `sampler` down `sigmas` through three-way guidance (rescaled by
+    `cfg_rescale`, see CFGDenoiser)."""
     extra_args = {
         "cond": cond,
         "uncond": uncond,
         "text_cfg_scale": text_cfg_scale,
         "image_cfg_scale": image_cfg_scale,
+        "cfg_rescale": cfg_rescale,
     }
     guided = CFGDenoiser(model_denoiser)
     return sample(guided, noise * sigmas[0], sigmas, sampler, extra_args, generator, callback)
