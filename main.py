@@ -186,12 +186,12 @@ def build_model(config: DictConfig, init_ckpt: Path | None, lr: float) -> Any:
 def build_callbacks(config: DictConfig, run_dir: Path, every: int) -> list[Any]:
     import pytorch_lightning as pl
 
-    from ldm.callbacks import PendingLogRow, RNGStateCallback, SignalCheckpoint
+    from ldm.callbacks import PendingLogRow, RNGStateCallback, SignalCheckpoint, StepCheckpoint
     from ldm.util import instantiate_from_config
 
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
-        pl.callbacks.ModelCheckpoint(
+        StepCheckpoint(
             dirpath=ckpt_dir,
             filename="step-{step:06d}",
             auto_insert_metric_name=False,

@@ -47,6 +47,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
+class StepCheckpoint(pl.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that also saves the run's last step when `max_steps` is not a multiple of
+    `every_n_train_steps`: `step-<max_steps>.ckpt` and `last.ckpt`.
+
+    Lightning's own `on_train_end` writes `last.ckpt` only when the run saved none before, so a run of
+    700 steps saving every 250 ended with `last.ckpt` at step 500: the last 200 steps were trained and
+    thrown away, and rerunning the command resumed at 500 to lose them again. Uses ModelCheckpoint's
+    private save methods, the ones its step trigger calls.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0 and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
 class RNGStateCallback(pl.Callback):
     """Stores the Python, NumPy and torch (CPU and CUDA) RNG states in every checkpoint and
     restores them on resume, so noise, timesteps and dropout after a resume are those an

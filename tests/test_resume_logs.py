@@ -104,3 +104,11 @@ def test_run_folder_and_device_mistakes_are_one_line(dataset, tmp_path) -> None:
     if not torch.cuda.is_available():
         one_error(run_main([*args, "--logdir", str(tmp_path), "--gpus", "0,"], cwd=tmp_path), "no CUDA GPU")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_the_last_step_is_saved_when_max_steps_is_not_a_multiple_of_checkpoint_every(dataset, tmp_path) -> None:
+    train(dataset, tmp_path, "odd", 5)  # checkpoints every 3 steps
+    checkpoints = tmp_path / "odd" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["last.ckpt", "step-000003.ckpt", "step-000005.ckpt"]
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 5  # Lightning's own callback left it at 3
+    assert read_checkpoint(checkpoints / "step-000005.ckpt")["global_step"] == 5
