@@ -77,6 +77,11 @@ def to_diffusers_pipeline(
             f"the text encoder is {type(encoder).__name__}: only CLIP (FrozenCLIPEmbedder) and Hugging Face "
             "encoders (FrozenHFTextEmbedder) can go into a diffusers pipeline"
         )
+    if getattr(model, "diffuse_residual", False):
+        raise ValueError(
+            "diffuse_residual: the model samples the change to the input's latent, which diffusers' "
+            "InstructPix2Pix pipeline does not add back; only models trained without it can be exported"
+        )
     ddconfig = model_config["params"]["first_stage_config"]["params"]["ddconfig"]
     if ddconfig["attn_resolutions"]:
         raise ValueError("diffusers' VAE converter maps mid-block attention only; attn_resolutions must be []")

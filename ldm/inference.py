@@ -158,13 +158,14 @@ class ImageEditor:
         options: SamplingOptions,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> torch.Tensor:
-        """Final latent (1, 4, h, w). Initial and ancestral noise come from a CPU generator seeded with `seed`."""
+        """The edited image's latent (1, 4, h, w). Initial and ancestral noise come from a CPU generator
+        seeded with `seed`."""
         generator = torch.Generator().manual_seed(seed)
         shape = cond["c_concat"][0].shape
         noise = torch.randn(shape, generator=generator).to(self.device)  # (1, 4, h, w), float32
         with torch.inference_mode(), self.autocast():
             sigmas = get_sigmas(self.denoiser, options.steps, options.karras)  # (steps + 1,)
-            return sample_edit(
+            z = sample_edit(
                 self.denoiser,
                 cond,
                 uncond,
@@ -176,6 +177,7 @@ class ImageEditor:
                 generator,
                 callback,
             )
+            return self.model.edit_latent(z, cond)
 
     def decode(self, z: torch.Tensor) -> Image.Image:
         """Latent (1, 4, h, w) -> RGB image."""

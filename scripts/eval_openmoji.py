@@ -76,7 +76,7 @@ class BatchEditor:
         cfg_text = self.cfg_text if cfg_text is None else cfg_text
         z = sample_edit(self.wrapped, cond, uncond, noise, self.sigmas, "euler", cfg_text, self.cfg_image,
                         cfg_rescale=self.cfg_rescale)  # fmt: skip
-        return self.model.decode_first_stage(z)
+        return self.model.decode_first_stage(self.model.edit_latent(z, cond))
 
 
 def chosen_pairs(rows: list[dict[str, str]], per_kind: int | None) -> list[dict[str, str]]:

@@ -113,6 +113,11 @@ def test_mistakes_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     result = convert("--config", "attn.yaml", "--ckpt", "attn.ckpt", "--out", "taken", cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attn.ckpt", "attn.yaml", "taken"]
+    from ldm.diffusers_export import to_diffusers_pipeline
+
+    residual = tiny_model_config(diffuse_residual=True)  # diffusers' pipeline would not add the input back
+    with pytest.raises(ValueError, match="^diffuse_residual: "):
+        to_diffusers_pipeline(instantiate_from_config(residual, "model"), residual, scheduler=None)
 
 
 @torch.no_grad()

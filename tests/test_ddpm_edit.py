@@ -276,3 +276,36 @@ def test_zero_terminal_snr_schedule_matches_diffusers_and_samples():
     assert torch.isfinite(out).all() and out.abs().max() < 100
     with pytest.raises(ConfigError, match="zero_terminal_snr: needs parameterization: v"):
         instantiate_from_config(model_config(zero_terminal_snr=True), "model")
+
+
+
+def test_diffuse_residual_trains_on_the_change_and_the_edit_path_adds_the_input_back():
+    """diffuse_residual: the diffusion target is the target latent minus the scaled input latent; the editor
+    (ImageEditor, behind edit_cli and the app) samples that residual and returns it plus the input's latent."""
+    from PIL import Image
+
+    from ldm.edit_settings import SamplingOptions
+    from ldm.inference import ImageEditor
+
+    torch.manual_seed(0)
+    residual = instantiate_from_config(model_config(use_ema=False, diffuse_residual=True), "model").eval()
+    plain = copy.deepcopy(residual)
+    plain.diffuse_residual = False
+    b = batch()
+    torch.manual_seed(1)
+    z, cond = residual.get_input(b)
+    torch.manual_seed(1)
+    z_plain, cond_plain = plain.get_input(b)
+    torch.testing.assert_close(cond["c_concat"][0], cond_plain["c_concat"][0])
+    torch.testing.assert_close(z, z_plain - residual.scale_factor * cond["c_concat"][0])
+
+    pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(2)) * 255
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    options = SamplingOptions(steps=4, sampler="euler", cfg_text=3.0, cfg_image=1.5)
+    latents = []
+    for model in (residual, plain):
+        editor = ImageEditor(model, torch.device("cpu"))
+        cond, uncond = editor.encode(image, "make it red")
+        latents.append(editor.sample_latents(cond, uncond, 0, options))
+    assert (latents[0] - latents[1]).abs().max() > 0.1  # the input's latent is not small
+    torch.testing.assert_close(latents[0], latents[1] + residual.scale_factor * cond["c_concat"][0])
