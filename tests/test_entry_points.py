@@ -122,7 +122,7 @@ def documented_training_commands() -> list[tuple[str, list[str], list[str]]]:
                 continue
             words = line.split("python main.py", 1)[1].split("#")[0].split()
             bases = [w for w in words if w.endswith(".yaml")]
-            overrides = [w.strip("`") for w in words if "=" in w and not w.startswith("-")]
+            overrides = [w.strip("`\"'") for w in words if "=" in w and not w.startswith("-")]  # shell quotes off
             if overrides:
                 commands.append((f"{doc.name}:{number}", bases, overrides))
     return commands
