@@ -71,8 +71,9 @@ def checkpoint_temps(run_dir: Path) -> set[str]:
         return set()
 
 
-def kill_when(process: subprocess.Popen, run_dir: Path, trigger: tuple[str, float]) -> bool:
-    """SIGKILL `process` at `trigger`; False if it exited first. ("write", j): while the j-th checkpoint
+def kill_when(process: subprocess.Popen, run_dir: Path, trigger: tuple[str, float]) -> tuple[bool, float | None]:
+    """SIGKILL `process` at `trigger`: (False if it exited first, the seconds from its start to its first
+    checkpoint write or None if there was none). ("write", j): while the j-th checkpoint
     temporary file of this process exists (odd j: a step-N.ckpt, even j: the last.ckpt after it);
     ("after_write", s): s seconds after its first checkpoint write began; ("delay", s): s seconds after
     its start (import, resume, logger set-up)."""
@@ -88,20 +89,23 @@ def kill_when(process: subprocess.Popen, run_dir: Path, trigger: tuple[str, floa
                 or kind == "delay" and time.monotonic() - start >= value):  # fmt: skip
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return True
+            return True, first_write and first_write - start
         time.sleep(0.002)
-    return False
+    return False, first_write and first_write - start
 
 
-def plan(rng: random.Random, resume_step: int) -> tuple[str, float]:
-    """A kill moment that comes before the run ends (at least one checkpoint write is left after it)."""
+def plan(rng: random.Random, resume_step: int, startup: float | None) -> tuple[str, float]:
+    """A kill moment that comes before the run ends (at least one checkpoint write is left after it).
+    A "delay" kill falls within `startup`, the shortest start-up measured so far (seconds to the first
+    checkpoint write), so it lands before the first write however fast this machine is; it is not
+    drawn until one start-up has been measured."""
     writes_left = 2 * (STEPS - resume_step) // EVERY
-    kind = rng.choice(["write", "write", "after_write", "delay"])
+    kind = rng.choice(["write", "write", "after_write"] + ["delay"] * (startup is not None))
     if kind == "write":
         return kind, rng.randint(1, max(1, min(3, writes_left - 2)))
     if kind == "after_write":
         return kind, rng.uniform(0.0, 1.0) if writes_left > 4 else 0.0
-    return kind, rng.uniform(0.5, 12.0)
+    return kind, rng.uniform(0.1, 0.9) * startup
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -115,11 +119,14 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_run(tmp_pa
     dataset = make_edit_dataset(tmp_path / "data", n=8)
     whole = start_run(dataset, tmp_path, "whole", tmp_path / "whole.log")  # alongside: one thread each
     rng, kills, log = random.Random(14), [], tmp_path / "killed.log"
+    startups: list[float] = []  # seconds from a process start to its first checkpoint write, as measured
     while len(kills) < KILLS:
         resume_step = newest_step(tmp_path / "killed")
-        trigger = plan(rng, resume_step)
+        trigger = plan(rng, resume_step, min(startups, default=None))
         process = start_run(dataset, tmp_path, "killed", log)
-        if kill_when(process, tmp_path / "killed", trigger):
+        killed, startup = kill_when(process, tmp_path / "killed", trigger)
+        startups += [startup] if startup is not None else []
+        if killed:
             kills.append((resume_step, trigger))
         else:
             pytest.fail(f"exit {process.returncode} before the kill {trigger}:\n{log.read_text()[-4000:]}")
