@@ -79,7 +79,8 @@ def kill_when(process: subprocess.Popen, run_dir: Path, trigger: tuple[str, floa
     its start (import, resume, logger set-up)."""
     kind, value = trigger
     start, stale, seen, first_write = time.monotonic(), checkpoint_temps(run_dir), set(), None
-    while process.poll() is None:
+    killed = False
+    while not killed and process.poll() is None:
         new = checkpoint_temps(run_dir) - stale - seen
         if new:
             seen |= new  # the temporary files of this process met so far
@@ -89,9 +90,10 @@ def kill_when(process: subprocess.Popen, run_dir: Path, trigger: tuple[str, floa
                 or kind == "delay" and time.monotonic() - start >= value):  # fmt: skip
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return True, first_write and first_write - start
-        time.sleep(0.002)
-    return False, first_write and first_write - start
+            killed = True
+        else:
+            time.sleep(0.002)
+    return killed, None if first_write is None else first_write - start
 
 
 def plan(rng: random.Random, resume_step: int, startup: float | None) -> tuple[str, float]:
@@ -125,7 +127,8 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_run(tmp_pa
         trigger = plan(rng, resume_step, min(startups, default=None))
         process = start_run(dataset, tmp_path, "killed", log)
         killed, startup = kill_when(process, tmp_path / "killed", trigger)
-        startups += [startup] if startup is not None else []
+        if startup is not None:
+            startups.append(startup)
         if killed:
             kills.append((resume_step, trigger))
         else:
