@@ -77,6 +77,11 @@ def test_bad_dropout_rates_name_the_key():
         instantiate_from_config(model_config(cond_drop_text=0.9, cond_drop_both=0.2), "model")
 
 
+def test_timestep_shift_below_one_names_the_key():
+    with pytest.raises(ConfigError, match=r"model\.params\.timestep_shift: must be >= 1"):
+        instantiate_from_config(model_config(timestep_shift=0.5), "model")
+
+
 def sd_layout_checkpoint(edit_model, with_ema: bool) -> dict:
     """A 4-channel text-to-image state dict in SD key layout, made from the editing model's own keys."""
     state = copy.deepcopy(edit_model.state_dict())

@@ -22,7 +22,13 @@ from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, 
 from ldm.errors import CheckpointMismatchError
 from ldm.models.diffusion.loading import init_from_ckpt
 from ldm.models.diffusion.losses import LOSS_TYPES, diffusion_loss, min_snr_weights
-from ldm.models.diffusion.schedule import extract, make_beta_schedule, register_schedule, rescale_zero_terminal_snr
+from ldm.models.diffusion.schedule import (
+    extract,
+    make_beta_schedule,
+    register_schedule,
+    rescale_zero_terminal_snr,
+    sample_timesteps,
+)
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.modules.lora import LoraSettings, add_adapters, file_sha256
@@ -85,6 +91,7 @@ class LatentDiffusion(pl.LightningModule):
     in this project, whose latent scale nobody measured.
     `zero_terminal_snr` rescales the schedule so x_T holds no image (`schedule.rescale_zero_terminal_snr`).
     `snr_gamma` weights each sample's loss by min-SNR-gamma (`losses.min_snr_weights`).
+    `timestep_shift` > 1 draws training timesteps nearer the noisy end (`schedule.sample_timesteps`).
     `use_ema` keeps an EMA of the UNet; with `load_ema` it is built before `ckpt_path` is
     loaded (the checkpoint's EMA is restored), otherwise after (an "emaonly" checkpoint's
     weights become both the model and its EMA). `num_timesteps_cond` is accepted for config
@@ -123,6 +130,7 @@ class LatentDiffusion(pl.LightningModule):
         parameterization: str = "eps",
         loss_type: str = "l2",
         snr_gamma: float | None = None,
+        timestep_shift: float = 1.0,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
         use_ema: bool = True,
@@ -153,13 +161,17 @@ class LatentDiffusion(pl.LightningModule):
             )
         if snr_gamma is not None and snr_gamma <= 0:
             raise ConfigError(f"{config_path('snr_gamma')}: must be > 0 (5 in Hang et al.), or null for no weighting")
+        if timestep_shift < 1:
+            raise ConfigError(
+                f"{config_path('timestep_shift')}: must be >= 1 (1 draws timesteps uniformly), got {timestep_shift}"
+            )
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"{config_path('loss_type')}: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         self.num_timesteps = timesteps
         self.first_stage_key, self.cond_stage_key = first_stage_key, cond_stage_key
         self.image_size, self.channels = image_size, channels
         self.parameterization, self.loss_type = parameterization, loss_type
-        self.snr_gamma = snr_gamma
+        self.snr_gamma, self.timestep_shift = snr_gamma, float(timestep_shift)
         self.scale_by_std = scale_by_std
         if scale_by_std:
             self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
@@ -298,7 +310,7 @@ class LatentDiffusion(pl.LightningModule):
 
     def shared_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
         z, cond = self.get_input(batch)
-        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=self.device)
+        t = sample_timesteps(z.shape[0], self.num_timesteps, self.timestep_shift, self.device)
         return self.p_losses(z, cond, t)
 
     # ---- Lightning hooks ------------------------------------------------------------------------

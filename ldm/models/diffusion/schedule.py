@@ -112,3 +112,15 @@ def register_schedule(module: nn.Module, betas: np.ndarray, v_posterior: float =
 def extract(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Gather a (T,) schedule at timesteps t (B,) and shape it (B, 1, ..., 1) for broadcasting."""
     return a.gather(-1, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
+
+
+def sample_timesteps(batch: int, num_timesteps: int, shift: float, device: torch.device) -> torch.Tensor:
+    """Training timesteps (batch,), int64. `shift` 1: uniform over [0, T), torch.randint as the CompVis
+    code. `shift` s > 1 moves them towards the noisy end with SD3's timestep shift (Esser et al. 2024,
+    section 5.3.2) applied to the index fraction: u ~ U[0, 1), t = floor(T s u / (1 + (s - 1) u)), so
+    P(t >= T / 2) = s / (1 + s)."""
+    if shift == 1.0:
+        return torch.randint(0, num_timesteps, (batch,), device=device)
+    u = torch.rand(batch, device=device)
+    shifted = shift * u / (1 + (shift - 1) * u)
+    return (shifted * num_timesteps).long().clamp_(max=num_timesteps - 1)
