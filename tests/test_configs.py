@@ -31,8 +31,11 @@ CONFIGS = [p for p in CONFIGS if "sketch2pokemon" not in p.parts]
 SD_FAMILY = [p for p in CONFIGS if p.parent == ROOT / "configs" or "stable-diffusion" in p.parts]
 SMALL = [p for p in CONFIGS if p not in SD_FAMILY]
 SD15_UNET_4CH = 859_520_964
-# configs that are merged after another (main.py --base BASE OVERLAY): built as that merge
-OVERLAYS = {"openmoji/reference/continue.yaml": "openmoji/reference/train.yaml"}
+# configs that are merged after others (main.py --base BASE... OVERLAY): built as that merge
+OVERLAYS = {
+    "openmoji/reference/continue.yaml": ["openmoji/reference/train.yaml"],
+    "openmoji/reference/grow_attention.yaml": ["openmoji/reference/train.yaml", "openmoji/reference/continue.yaml"],
+}
 
 
 def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
@@ -53,8 +56,8 @@ def load(path: Path, dataset: Path | None = None) -> dict[str, Any]:
             return [rewrite(v, in_data) for v in node]
         return node
 
-    base = OVERLAYS.get(path.relative_to(ROOT / "configs").as_posix())
-    files = [str(ROOT / "configs" / base)] if base else []
+    bases = OVERLAYS.get(path.relative_to(ROOT / "configs").as_posix(), [])
+    files = [str(ROOT / "configs" / base) for base in bases]
     return rewrite(OmegaConf.to_container(load_config_files([*files, str(path)]), resolve=True), False)
 
 
