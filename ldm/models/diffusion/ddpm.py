@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ldm.checkpoint import MODEL_SETTINGS
 from ldm.data.latent_cache import CACHE_KEY, CachedEditDataset, check_identity, encoder_identity
 from ldm.errors import CheckpointMismatchError
 from ldm.models.diffusion.loading import init_from_ckpt
@@ -384,7 +385,13 @@ class LatentDiffusion(pl.LightningModule):
         buffers = {"scale_factor"} if self.scale_by_std else set()
         return trainable | buffers | {k for k in self.state_dict() if k.startswith("model_ema.")}
 
+    def model_settings(self) -> dict[str, Any]:
+        """The settings, beyond the tensors, that decide what the weights compute: recorded in checkpoints,
+        checked when one is loaded (`loading.check_model_settings`)."""
+        return {"parameterization": self.parameterization}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MODEL_SETTINGS] = self.model_settings()
         if self.lora is None:
             return
         saved = self._lora_saved_keys()

@@ -60,6 +60,7 @@ class LatentDiffusion(ddpm.LatentDiffusion):
             cond_drop_text + cond_drop_both + cond_drop_image > 1
         ):
             raise ConfigError(f"{config_path('cond_drop_text')}: cond_drop_* rates must be >= 0 and sum to at most 1")
+        self.diffuse_residual = diffuse_residual  # before the base loads ckpt_path and checks model_settings()
         super().__init__(
             *args,
             first_stage_key=first_stage_key,
@@ -68,7 +69,9 @@ class LatentDiffusion(ddpm.LatentDiffusion):
             **kwargs,
         )
         self.cond_drop = (cond_drop_text, cond_drop_both, cond_drop_image)
-        self.diffuse_residual = diffuse_residual
+
+    def model_settings(self) -> dict[str, Any]:
+        return {**super().model_settings(), "diffuse_residual": self.diffuse_residual}
 
     def dropout_masks(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(drop_text (B,), drop_image (B,)) boolean masks from one uniform draw per sample."""

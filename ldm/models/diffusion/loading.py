@@ -15,6 +15,9 @@ except for a short documented allow-list:
   the config's schedule, or loading stops naming the first buffer that differs;
 - a missing `scale_factor` buffer (models with `scale_by_std` measure it on their first batch).
 
+A checkpoint that records its `model_settings` (this project's training checkpoints and exports)
+must match the model's (`check_model_settings`).
+
 The UNet's first convolution may have more input channels than the checkpoint's (the
 editing model concatenates the input-image latent: 8 vs 4). Then channels 0-3 are copied
 and the new ones start at zero, for the model and its EMA alike, so the model initially
@@ -23,14 +26,16 @@ ignores the image and behaves exactly like the text-to-image checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointMismatchError, load_state_dict_file, load_strict
+from ldm.checkpoint import MODEL_SETTINGS, CheckpointMismatchError, load_strict, read_checkpoint
 from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
 from ldm.util import config_path
 
@@ -74,6 +79,19 @@ def check_schedule(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
             )
 
 
+def check_model_settings(model: nn.Module, recorded: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint trained with other `model_settings()` than the model's: the weights would load
+    and compute something else (a residual model sampled as a target model, v as eps). Files that record
+    nothing (SD, InstructPix2Pix, diffusers exports) are not checked."""
+    own = model.model_settings() if hasattr(model, "model_settings") else {}
+    for key, value in recorded.items():
+        if key in own and own[key] != value:
+            raise CheckpointMismatchError(
+                f"{path} was trained with {key}: {json.dumps(value)}, but the config has {json.dumps(own[key])}; "
+                f"set model.params.{key}: {json.dumps(value)}"  # also after instantiation (load_model)
+            )
+
+
 def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str] = (), load_ema: bool = True) -> None:
     """Load weights from `path` (.ckpt, bare state dict, .safetensors, or a diffusers pipeline folder:
     `ldm.diffusers_import`) into `model`, strictly."""
@@ -82,7 +100,9 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
 
         state = read_pipeline_folder(path, model)
     else:
-        state = load_state_dict_file(path)
+        checkpoint = read_checkpoint(path)
+        check_model_settings(model, checkpoint.get(MODEL_SETTINGS) or {}, path)
+        state = dict(checkpoint.get("state_dict", checkpoint))
     ignore = tuple(ignore_keys)
     state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
     if not load_ema:
