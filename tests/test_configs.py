@@ -112,6 +112,16 @@ def check_model_runs(model: pl.LightningModule, batch: dict[str, Any] | None) ->
     assert loss.ndim == 0 and 0 < loss.item() < 10, loss  # ~1 for an untrained model: a unit-variance target
 
 
+def check_sampling_size(model: pl.LightningModule, train: dict[str, Any]) -> None:
+    """The model samples at image_size; that side in pixels must be one the training images had: between
+    the crop (the demo's 48 px windows, IP2P's 256 px crops) and the largest resize (64 px, 288 px)."""
+    params = train["params"].get("source", train)["params"]  # a cache or shards: the dataset they hold
+    if isinstance(model, AutoencoderKL) or "crop_res" not in params:
+        return
+    pixels = model.image_size * 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
+    assert params["crop_res"] <= pixels <= params["max_resize_res"], (pixels, params)
+
+
 def test_configs_found():
     assert SMALL and SD_FAMILY
 
@@ -143,6 +153,7 @@ def test_small_config_instantiates(path, tmp_path):
         batch = next(iter(data.train_dataloader()))
         images = batch["cached"]["target_mean"] if "cached" in batch else batch["edited"]
         assert images.shape[0] == config["data"]["params"]["batch_size"]
+        check_sampling_size(model, train)
     check_model_runs(model, batch)
     check_lightning_section(config)
 
