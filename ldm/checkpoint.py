@@ -80,11 +80,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (ckpt_path or --ckpt)")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
 
         try:
-            checkpoint: dict[str, Any] = {"state_dict": load_file(str(path), device="cpu")}
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt", device="cpu") as f:  # tensors and metadata in one open
+                checkpoint: dict[str, Any] = {"state_dict": {key: f.get_tensor(key) for key in f.keys()}}
                 recorded = (f.metadata() or {}).get(MODEL_SETTINGS)
         except SafetensorError as err:
             raise CheckpointMismatchError(f"{path} is not a readable .safetensors file ({err})") from err
@@ -100,10 +99,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a `read_checkpoint` result: its `state_dict`, or the whole dict for a bare state dict."""
+    return dict(checkpoint.get("state_dict", checkpoint))
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` holding `{"state_dict": ...}` or a bare state dict."""
-    checkpoint = read_checkpoint(path)
-    return dict(checkpoint.get("state_dict", checkpoint))
+    return state_dict_of(read_checkpoint(path))
 
 
 def checkpoint_keys(path: str | Path) -> set[str]:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.checkpoint import MODEL_SETTINGS, CheckpointMismatchError, load_strict, read_checkpoint
+from ldm.checkpoint import MODEL_SETTINGS, CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
 from ldm.models.diffusion.schedule import SCHEDULE_BUFFERS
 from ldm.util import config_path
 
@@ -102,7 +102,7 @@ def init_from_ckpt(model: nn.Module, path: str | Path, ignore_keys: Sequence[str
     else:
         checkpoint = read_checkpoint(path)
         check_model_settings(model, checkpoint.get(MODEL_SETTINGS) or {}, path)
-        state = dict(checkpoint.get("state_dict", checkpoint))
+        state = state_dict_of(checkpoint)
     ignore = tuple(ignore_keys)
     state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
     if not load_ema:
